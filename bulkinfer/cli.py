@@ -1,0 +1,88 @@
+"""The ``bulkinfer`` command line: run jobs, look predictions up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from bulkinfer.errors import ConfigError, InputError, TableError
+
+_USER_ERRORS = (ConfigError, InputError, TableError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bulkinfer`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="bulkinfer", description="Offline bulk LLM inference into looked-up prediction tables.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run a task over a Parquet corpus and publish a table (see `bulkinfer run --help`)", add_help=False)
+    lookup = commands.add_parser("lookup", help="look queries up in a published table; one JSON object per line")
+    lookup.add_argument("--table", required=True, help="table directory (the job's --output)")
+    lookup.add_argument("--version", default=None, help="a version name (default: the published one)")
+    lookup.add_argument("queries", nargs="*", help="queries to look up; none: read one per line from stdin")
+    commands.add_parser("tasks", help="list the built-in task specs")
+
+    if argv[:1] == ["run"]:
+        return _run(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "lookup":
+            return _lookup(args)
+        return _tasks()
+    except _USER_ERRORS as e:
+        print(f"bulkinfer: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        from pipelines.cache_job import CacheJobOptions
+
+        parser = argparse.ArgumentParser(prog="bulkinfer run", description="Run a task over a Parquet corpus and publish a versioned table. Beam flags (--runner, ...) pass through.")
+        CacheJobOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("bulkinfer", "pipelines", "models", "transforms"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        from pipelines.cache_job import run
+
+        manifest = run(argv)
+    except _USER_ERRORS as e:
+        print(f"bulkinfer: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"version": manifest["version"], "counts": manifest["counts"], "dead_letter_reasons": manifest["dead_letter_reasons"], "wall_seconds": manifest["wall_seconds"]}))
+    return 0
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    from bulkinfer.keys import normalize_key
+    from bulkinfer.table import open_table
+
+    table = open_table(args.table, args.version)
+    queries = args.queries or [line.rstrip("\n") for line in sys.stdin]
+    empty: Any = [] if table.manifest.get("output_kind") == "list" else None
+    for query in queries:
+        row = table.get(query)
+        out = {"query": query, "key": normalize_key(query), "found": row is not None, table.output_column: row[table.output_column] if row else empty}
+        if row:
+            out.update(version=table.version, model=row["model"], run_id=row["run_id"])
+        print(json.dumps(out, ensure_ascii=False))
+    return 0
+
+
+def _tasks() -> int:
+    from bulkinfer.tasks import builtin_task_names, load_task
+
+    for name in builtin_task_names():
+        task = load_task(name)
+        print(f"{name}\t{task.output}\t{task.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Errors a user can act on, and the reason codes of dead-letter rows."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Misconfiguration found before any work starts; the message says what to fix."""
+
+
+class InputError(ValueError):
+    """The input corpus cannot be read as asked; the message says what to fix."""
+
+
+class TableError(ValueError):
+    """A published table is missing or unreadable; the message says what to fix."""
+
+
+class Reason:
+    """Machine-readable reason codes of dead-letter rows (the ``reason`` column)."""
+
+    NULL_QUERY = "null_query"
+    """The query cell is null."""
+    NOT_A_STRING = "not_a_string"
+    """The query cell holds something other than text."""
+    EMPTY_QUERY = "empty_query"
+    """The query is empty, whitespace-only or only control/invisible characters."""
+    PROMPT_TOO_LONG = "prompt_too_long"
+    """Prompt tokens plus ``max_tokens`` exceed the model's context length."""
+    MISSING_FIELD = "missing_template_field"
+    """A column the prompt template reads is null in this row."""
+    GENERATION_FAILED = "generation_failed"
+    """The engine raised on this prompt, alone, after a retry."""
+    UNPARSEABLE_OUTPUT = "unparseable_output"
+    """The model's text could not be read as the task's output."""

@@ -1,0 +1,93 @@
+"""The on-disk layout of a prediction table, shared by the job and every reader.
+
+::
+
+    OUTPUT/
+      CURRENT                                 name of the published version (one line)
+      versions/<version>/predictions-*.parquet
+      versions/<version>/dead_letter-*.parquet
+      versions/<version>/manifest.json
+
+All paths go through Beam's FileSystems, so local paths, ``gs://`` and ``s3://``
+work the same. ``CURRENT`` is replaced atomically (temporary file, then rename),
+and only after the version it names is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from bulkinfer.errors import TableError
+
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+PREDICTIONS = "predictions"
+DEAD_LETTER = "dead_letter"
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def valid_version(version: str) -> bool:
+    """Whether a run id / version name is safe as a directory name."""
+    return bool(_VERSION.match(version))
+
+
+def version_dir(table: str, version: str) -> str:
+    """The directory of one version of a table."""
+    return FileSystems.join(table, "versions", version)
+
+
+def read_text(path: str) -> str:
+    """Reads a small text file through FileSystems."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read().decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a small text file through FileSystems."""
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode("utf-8"))
+
+
+def read_current(table: str) -> str | None:
+    """The published version of a table, or None if nothing is published yet."""
+    path = FileSystems.join(table, CURRENT)
+    if not FileSystems.exists(path):
+        return None
+    return read_text(path).strip() or None
+
+
+def publish(table: str, version: str) -> None:
+    """Makes ``version`` the published one: writes a temporary file, then renames it over CURRENT."""
+    tmp = FileSystems.join(table, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
+    write_text(tmp, version + "\n")
+    FileSystems.rename([tmp], [FileSystems.join(table, CURRENT)])
+
+
+def write_manifest(vdir: str, manifest: dict[str, Any]) -> None:
+    """Writes ``manifest.json`` of a version."""
+    write_text(FileSystems.join(vdir, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_manifest(vdir: str) -> dict[str, Any]:
+    """Reads ``manifest.json`` of a version."""
+    path = FileSystems.join(vdir, MANIFEST)
+    if not FileSystems.exists(path):
+        raise TableError(f"{vdir} has no {MANIFEST}; it is not a complete version")
+    return json.loads(read_text(path))
+
+
+def shard_paths(vdir: str, kind: str) -> list[str]:
+    """The Parquet shards of one kind (``predictions`` or ``dead_letter``) in a version, sorted."""
+    matches = FileSystems.match([FileSystems.join(vdir, f"{kind}-*.parquet")])[0].metadata_list
+    return sorted(m.path for m in matches)
+
+
+def open_binary(path: str) -> Any:
+    """A seekable binary stream of a file, for pyarrow."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)

@@ -1,0 +1,86 @@
+"""Turns raw model text into a task's typed output."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bulkinfer.keys import normalize_key
+from bulkinfer.tasks import TaskSpec
+
+# Bullets, list numbers and quotes a model wraps items in: "- x", "1. x", "\"x\"".
+_LEADING = re.compile(r"^(?:[-*•·]+|\d{1,3}[.)])\s+")
+_WRAPPING = "\"'`“”‘’«»()[]{} \t"
+_TRAILING = ".;:!?"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parse result: ``value`` when readable, else ``error`` says why not."""
+
+    value: list[str] | str | None = None
+    """A list of strings (``list`` tasks) or one label (``label`` tasks)."""
+    error: str | None = None
+    """Why the text could not be read, for the dead-letter message."""
+
+
+def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
+    """Parses one raw generation.
+
+    ``list`` tasks: split on the separators and line breaks, trim bullets, quotes
+    and trailing punctuation, drop empty items and the query itself, dedupe by
+    normalised key keeping the model's order, keep at most ``max_items``. An empty
+    list is a valid answer (the model found nothing). ``label`` tasks: the first
+    line must name one of the labels (case-insensitive).
+
+    Never raises on any string.
+
+    Args:
+        task: the task spec.
+        raw: the generated text.
+        key: the query's normalised key.
+
+    Returns:
+        The typed value, or an error saying why there is none.
+    """
+    answer = raw
+    marker = task.parser.answer_marker
+    if marker:
+        if marker not in raw:
+            return Parsed(error=f"answer marker {marker!r} not found in the output")
+        answer = raw.rsplit(marker, 1)[1]
+    if task.output == "label":
+        return _parse_label(task, answer)
+    return Parsed(value=split_items(answer, task.parser.separators, key, task.parser.max_items))
+
+
+def split_items(text: str, separators: tuple[str, ...], key: str, max_items: int) -> list[str]:
+    """Splits a list answer into clean, distinct items other than the query itself."""
+    pattern = "|".join(re.escape(s) for s in (*separators, "\n"))
+    items: list[str] = []
+    seen = {key}
+    for piece in re.split(pattern, text):
+        item = _LEADING.sub("", piece.strip()).strip(_WRAPPING).rstrip(_TRAILING).strip(_WRAPPING)
+        item = " ".join(item.split())
+        item_key = normalize_key(item)
+        if not item_key or item_key in seen:
+            continue
+        seen.add(item_key)
+        items.append(item)
+        if len(items) == max_items:
+            break
+    return items
+
+
+def _parse_label(task: TaskSpec, answer: str) -> Parsed:
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if not lines:
+        return Parsed(error=f"empty output; expected one of {list(task.labels)}")
+    first = normalize_key(lines[0]).strip(_WRAPPING + _TRAILING)
+    by_key = {normalize_key(label): label for label in task.labels}
+    if first in by_key:
+        return Parsed(value=by_key[first])
+    words = first.split()
+    if words and words[0].strip(_TRAILING + ",") in by_key:
+        return Parsed(value=by_key[words[0].strip(_TRAILING + ",")])
+    return Parsed(error=f"{lines[0].strip()[:80]!r} is not one of the labels {list(task.labels)}")

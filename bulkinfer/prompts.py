@@ -1,0 +1,36 @@
+"""Renders a task's prompt for one key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from bulkinfer.tasks import TaskSpec
+
+
+def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None) -> str:
+    """Returns the prompt for one key.
+
+    The query is the normalised key, so every spelling of a query gets the same
+    prompt and the same answer. Keys and column values are single-line (whitespace
+    collapsed), so a query such as ``"x\\nsynonyms: y"`` cannot add lines to the
+    prompt and pose as an example.
+
+    Args:
+        task: the task spec.
+        key: the normalised key.
+        fields: values of other columns the ``template.query`` reads.
+
+    Returns:
+        The prompt text.
+    """
+    shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.shown_examples)
+    values = {name: _one_line(value) for name, value in (fields or {}).items()}
+    values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
+    return task.template.prefix.format(instruction=task.instruction.strip()) + shown + task.template.query.format(**values)
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())
+

@@ -1,0 +1,277 @@
+"""Task specs: what to ask the model, how to show it, how to read its answer.
+
+A task is data (a YAML file in ``tasks/`` or anywhere on disk), never a code path:
+adding a task needs no new Python. :func:`load_task` reads and validates one;
+every problem is reported with the file, the field, the rule and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from bulkinfer.errors import ConfigError
+
+# Bumped whenever parsing code changes what it returns for the same raw text, so
+# the fingerprint (and with it result reuse across runs) sees the change.
+PARSER_VERSION = 1
+
+OutputKind = Literal["list", "label"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One demonstration shown to the model before the query."""
+
+    input: str
+    """The example query, rendered where the template says ``{input}``."""
+    output: str
+    """The answer in exactly the format the model should copy, rendered as ``{output}``."""
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """How the prompt is laid out. Placeholders use ``str.format`` syntax."""
+
+    prefix: str = "{instruction}\n\n"
+    """Rendered once at the top; may use ``{instruction}``."""
+    example: str = "query: {input}\nanswer: {output}\n\n"
+    """Rendered once per shown example; may use ``{input}`` and ``{output}``."""
+    query: str = "query: {query}\nanswer:"
+    """Rendered last; ``{query}`` is the normalised key, other names are input columns."""
+    quote_query: bool = False
+    """Render ``{query}`` as a JSON string literal, quotes and escapes included.
+    Keys never contain line breaks (the normaliser collapses whitespace), so one
+    query cannot forge the template's line structure either way; quoting also keeps
+    a query from looking like the end of the instruction."""
+
+    def fields(self) -> set[str]:
+        """Names the ``query`` template reads from the row, besides ``query``."""
+        names = {name for _, name, _, _ in string.Formatter().parse(self.query) if name}
+        return names - {"query"}
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Sampling parameters handed to the engine, one set per task."""
+
+    temperature: float = 0.0
+    """0 is greedy decoding: the same prompt gives the same answer every run."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]."""
+    max_tokens: int = 48
+    """Upper bound on generated tokens per query."""
+    seed: int = 0
+    """Sampling seed, so sampled runs are reproducible too."""
+    stop: tuple[str, ...] = ("\n",)
+    """Generation ends at the first of these strings (not included in the output)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temperature <= 5.0:
+            raise ConfigError(f"sampling.temperature must be in [0, 5], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if not 1 <= self.max_tokens <= 4096:
+            raise ConfigError(f"sampling.max_tokens must be in [1, 4096], got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class ParserSpec:
+    """How raw model text becomes the task's typed output."""
+
+    separators: tuple[str, ...] = (",", ";")
+    """For ``list`` tasks: item separators."""
+    max_items: int = 32
+    """For ``list`` tasks: items kept after deduplication, in the model's order."""
+    answer_marker: str | None = None
+    """Chain of thought: the answer is the text after the last occurrence of this
+    marker (e.g. ``"Answer:"``); text without the marker cannot be parsed."""
+
+    def __post_init__(self) -> None:
+        if self.max_items < 1:
+            raise ConfigError(f"parser.max_items must be >= 1, got {self.max_items}")
+        if not self.separators or any(not s for s in self.separators):
+            raise ConfigError(f"parser.separators must be non-empty strings, got {list(self.separators)}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A complete task: instruction, examples, layout, sampling and parsing."""
+
+    name: str
+    """Short name; also the ``task`` column of every output row."""
+    output: OutputKind
+    """``list`` (e.g. synonyms: a list of strings) or ``label`` (one of ``labels``)."""
+    instruction: str = ""
+    """Told to the model at the top of the prompt; base models mostly follow the examples."""
+    examples: tuple[Example, ...] = ()
+    """Demonstrations, in the order shown."""
+    shots: int = -1
+    """How many examples to show: 0 zero-shot, 1 one-shot, k few-shot, -1 all of them."""
+    labels: tuple[str, ...] = ()
+    """For ``label`` tasks: the allowed answers."""
+    output_column: str = ""
+    """Name of the typed output column; defaults to the task name for lists, ``label`` for labels."""
+    description: str = ""
+    """One line for humans."""
+    template: TemplateSpec = field(default_factory=TemplateSpec)
+    """Prompt layout."""
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    """Sampling parameters."""
+    parser: ParserSpec = field(default_factory=ParserSpec)
+    """Output parsing."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"name must be letters, digits, '-' or '_', got {self.name!r}")
+        if self.output not in ("list", "label"):
+            raise ConfigError(f"output must be 'list' or 'label', got {self.output!r}")
+        if self.output == "label" and len(self.labels) < 2:
+            raise ConfigError(f"labels must list at least 2 labels for an output: label task, got {list(self.labels)}")
+        if self.output == "list" and self.labels:
+            raise ConfigError("labels is only for output: label tasks; remove it or set output: label")
+        if not -1 <= self.shots <= len(self.examples):
+            raise ConfigError(f"shots must be in [-1, {len(self.examples)}] (the number of examples), got {self.shots}")
+        if self.output == "label":
+            allowed = {label.casefold() for label in self.labels}
+            for ex in self.examples:
+                if ex.output.strip().casefold() not in allowed:
+                    raise ConfigError(f"examples: output {ex.output!r} of example {ex.input!r} is not one of labels {list(self.labels)}")
+        for name, text, allowed_fields in (
+            ("template.prefix", self.template.prefix, {"instruction"}),
+            ("template.example", self.template.example, {"input", "output"}),
+        ):
+            used = _placeholders(name, text)
+            if used - allowed_fields:
+                raise ConfigError(f"{name} may only use {sorted(allowed_fields)}, got {sorted(used - allowed_fields)}")
+        if "query" not in _placeholders("template.query", self.template.query):
+            raise ConfigError(f"template.query must contain {{query}}, got {self.template.query!r}")
+        if not self.output_column:
+            object.__setattr__(self, "output_column", self.name if self.output == "list" else "label")
+
+    @property
+    def shown_examples(self) -> tuple[Example, ...]:
+        """The examples the prompt shows, honouring ``shots``."""
+        return self.examples if self.shots < 0 else self.examples[: self.shots]
+
+    def fingerprint(self) -> str:
+        """A digest of everything in the spec that can change an answer or its parse."""
+        payload = json.dumps({"spec": dataclasses.asdict(self), "parser_version": PARSER_VERSION}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _placeholders(name: str, text: str) -> set[str]:
+    try:
+        return {field_name for _, field_name, _, _ in string.Formatter().parse(text) if field_name is not None}
+    except ValueError as e:
+        raise ConfigError(f"{name} is not a valid template ({e}); write literal braces as {{{{ and }}}}: {text!r}") from e
+
+
+def builtin_task_names() -> list[str]:
+    """Names of the task specs shipped in ``tasks/``."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("tasks").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_task(name_or_path: str) -> TaskSpec:
+    """Loads and validates a task spec.
+
+    Args:
+        name_or_path: a built-in task name (``synonyms``, ``classify``) or the path
+            of a YAML file.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        ConfigError: the task does not exist or its spec is invalid; the message
+            names the file, the field and what is wrong.
+    """
+    import yaml
+
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"task spec file {name_or_path} does not exist")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    else:
+        resource = resources.files("tasks") / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise ConfigError(
+                f"unknown task {name_or_path!r}; built-in tasks: {', '.join(builtin_task_names())} (or give a path to a .yaml spec)"
+            )
+        text, where = resource.read_text(encoding="utf-8"), f"tasks/{name_or_path}.yaml"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a task spec must be a mapping of fields, got {type(raw).__name__}")
+    try:
+        return _build(TaskSpec, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+_NESTED = {"template": TemplateSpec, "sampling": SamplingSpec, "parser": ParserSpec}
+
+
+def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown field {prefix}{unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        where = f"{prefix}{f.name}"
+        if f.name in _NESTED and cls is TaskSpec:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a mapping, got {value!r}")
+            value = _build(_NESTED[f.name], value, f"{where}.")
+        elif f.name == "examples":
+            value = tuple(_example(i, item) for i, item in enumerate(value or []))
+        elif f.name in ("labels", "stop", "separators"):
+            if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+            value = tuple(value)
+        else:
+            value = _scalar(where, f.type, value)
+        values[f.name] = value
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing required field {prefix}{missing[0]!r}")
+    return cls(**values)
+
+
+def _example(i: int, item: Any) -> Example:
+    if not isinstance(item, dict) or set(item) != {"input", "output"}:
+        raise ConfigError(f"examples[{i}] must be a mapping with exactly 'input' and 'output', got {item!r}")
+    if not all(isinstance(v, str) and v.strip() for v in item.values()):
+        raise ConfigError(f"examples[{i}]: input and output must be non-empty strings, got {item!r}")
+    return Example(input=item["input"], output=item["output"])
+
+
+def _scalar(where: str, type_name: Any, value: Any) -> Any:
+    expected = str(type_name)
+    if expected == "bool":
+        ok = isinstance(value, bool)
+    elif expected == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif "None" in expected:
+        ok = value is None or isinstance(value, str)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{where} must be of type {expected}, got {value!r}")
+    return value

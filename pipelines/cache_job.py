@@ -1,0 +1,274 @@
+"""The prediction-cache job: Parquet queries in, a published prediction table out.
+
+    python -m pipelines.cache_job --task synonyms --input queries.parquet --output tables/synonyms
+
+Beam flags (``--runner``, ``--direct_num_workers``, Dataflow options, ...) pass through.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from bulkinfer import layout
+from bulkinfer.errors import ConfigError, InputError
+from bulkinfer.records import Provenance, prediction_schema
+from bulkinfer.tasks import TaskSpec, load_task
+from models.engine import EngineConfig, engine_version, fingerprint, model_digest, resolve_model
+from models.gemma import GEMMA_ALIAS
+from models.vllm_handler import METRICS_NAMESPACE, VLLMHandler
+from transforms.build_prompts import BuildPrompts
+from transforms.generate import Generate
+from transforms.normalize_keys import NormalizeKeys
+from transforms.parse_predictions import ParsePredictions
+from transforms.read_queries import ReadQueries
+from transforms.write_version import WriteVersion
+
+_LOG = logging.getLogger(__name__)
+
+
+class CacheJobOptions(PipelineOptions):
+    """Flags of the cache job (Beam's own flags are parsed alongside)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--task", help="built-in task name (synonyms, classify) or path to a task spec .yaml")
+        parser.add_argument("--input", help="Parquet file, directory of .parquet files or glob (local, gs://, s3://)")
+        parser.add_argument("--output", help="table directory; versions/ and CURRENT are written under it")
+        parser.add_argument("--query_column", default="query", help="column holding the query text (default: query)")
+        parser.add_argument("--model", default=GEMMA_ALIAS, help=f"local HF model directory, hub id, or {GEMMA_ALIAS} (default)")
+        parser.add_argument("--run_id", default=None, help="run id and version name (default: UTC time, e.g. 20261123T101500Z)")
+        parser.add_argument("--max_model_len", type=int, default=None, help="context length in tokens (default: the model's)")
+        parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+        parser.add_argument("--kv_cache_gib", type=float, default=1.0, help="KV cache per engine in GiB (default 1)")
+        parser.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="GPU memory share per engine (GPU only)")
+        parser.add_argument("--max_num_seqs", type=int, default=256, help="sequences the engine runs at once (default 256)")
+        parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine call (default 256)")
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None, model_handler: ModelHandler | None = None) -> dict[str, Any]:
+    """Runs the job and publishes the new version.
+
+    Every check that can fail on user input runs before the pipeline starts.
+
+    Args:
+        argv: command-line flags (job flags and Beam flags).
+        test_pipeline: a ``TestPipeline`` to run on instead of a new pipeline.
+        model_handler: replaces the vLLM handler (tests use a fake one).
+
+    Returns:
+        The manifest of the published version.
+
+    Raises:
+        ConfigError: a flag, the task spec, the model or the output is wrong.
+        InputError: the input cannot be read as asked.
+    """
+    options = PipelineOptions(argv)
+    job = options.view_as(CacheJobOptions)
+    started = time.time()
+    plan = _plan(job, model_handler is None)
+    handler = model_handler or VLLMHandler(plan["engine"], plan["task"].sampling, batch_size=job.batch_size)
+
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    task: TaskSpec = plan["task"]
+    provenance: Provenance = plan["provenance"]
+    rows = pipeline | "ReadQueries" >> ReadQueries(plan["input"], [job.query_column, *plan["fields"]])
+    groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan["fields"], provenance)
+    generations = groups | "BuildPrompts" >> BuildPrompts(task) | "Generate" >> Generate(handler)
+    predictions, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
+    dead = (bad_rows, bad_outputs) | "DeadLetters" >> beam.Flatten()
+    _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan["vdir"], prediction_schema(task))
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    manifest = json.loads(json.dumps(_summarise(plan, job, result, started)))  # as readers will see it
+    layout.write_manifest(plan["vdir"], manifest)
+    layout.publish(job.output, provenance.run_id)
+    _LOG.info("published %s version %s: %s", job.output, provenance.run_id, manifest["counts"])
+    return manifest
+
+
+def _plan(job: CacheJobOptions, real_engine: bool) -> dict[str, Any]:
+    for flag in ("task", "input", "output"):
+        if not getattr(job, flag):
+            raise ConfigError(f"--{flag} is required")
+    if job.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {job.batch_size}")
+    task = load_task(job.task)
+    fields = sorted(task.template.fields())
+    input_pattern, rows_in = inspect_input(job.input, job.query_column, fields)
+    run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if not layout.valid_version(run_id):
+        raise ConfigError(f"--run_id must be letters, digits, '.', '_' or '-' (at most 128), got {run_id!r}")
+    if layout.read_current(job.output) == run_id:
+        raise ConfigError(f"run id {run_id} is already the published version of {job.output}; give a new --run_id")
+    model = resolve_model(job.model) if real_engine else job.model
+    engine = EngineConfig(
+        model=model,
+        max_model_len=job.max_model_len,
+        dtype=job.dtype,
+        kv_cache_gib=job.kv_cache_gib,
+        gpu_memory_utilization=job.gpu_memory_utilization,
+        max_num_seqs=job.max_num_seqs,
+        seed=task.sampling.seed,
+    )
+    digest = model_digest(model)
+    engine_name = engine_version()
+    provenance = Provenance(
+        run_id=run_id,
+        model=job.model,
+        model_digest=digest,
+        task=task.name,
+        task_fingerprint=task.fingerprint(),
+        fingerprint=fingerprint(task.fingerprint(), digest, engine_name, job.max_model_len, job.dtype),
+        engine=engine_name,
+    )
+    vdir = layout.version_dir(job.output, run_id)
+    _prepare_output(job.output, vdir)
+    return {
+        "task": task,
+        "fields": fields,
+        "input": input_pattern,
+        "rows_in": rows_in,
+        "engine": engine,
+        "provenance": provenance,
+        "vdir": vdir,
+    }
+
+
+def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str, int]:
+    """Checks the corpus before any work: files exist, are Parquet, have the columns.
+
+    Returns:
+        The file pattern to read and the total number of rows.
+
+    Raises:
+        InputError: naming the file or column and what to do.
+    """
+    pattern = FileSystems.join(path, "*.parquet") if _is_dir(path) else path
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # FileSystems raises BeamIOError, or ValueError for an unknown scheme
+        raise InputError(f"--input {path}: cannot list it ({e})") from e
+    if not matched:
+        raise InputError(f"--input {path}: no such file (no Parquet file matches {pattern})")
+    rows = 0
+    for meta in sorted(matched, key=lambda m: m.path):
+        try:
+            with layout.open_binary(meta.path) as f:
+                parquet = pq.ParquetFile(f)
+                schema, file_rows = parquet.schema_arrow, parquet.metadata.num_rows
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"--input {meta.path} is not a readable Parquet file: {e}") from e
+        for column in [query_column, *fields]:
+            if column not in schema.names:
+                which = "--query_column" if column == query_column else "the task template"
+                raise InputError(
+                    f"--input {meta.path} has no column {column!r} (named by {which}); columns: {', '.join(schema.names)}"
+                )
+        query_type = schema.field(query_column).type
+        if pa.types.is_dictionary(query_type):
+            query_type = query_type.value_type
+        if not (pa.types.is_string(query_type) or pa.types.is_large_string(query_type) or pa.types.is_null(query_type)):
+            raise InputError(f"--input {meta.path}: column {query_column!r} is {query_type}, not text; pick the text column with --query_column")
+        rows += file_rows
+    if rows == 0:
+        raise InputError(f"--input {path} has no rows; nothing to do")
+    return pattern, rows
+
+
+def _is_dir(path: str) -> bool:
+    if "://" in path:
+        return path.endswith("/")
+    import os
+
+    return os.path.isdir(path)
+
+
+def _prepare_output(table: str, vdir: str) -> None:
+    probe = FileSystems.join(table, f".write-probe")
+    try:
+        layout.write_text(probe, "ok")
+        FileSystems.delete([probe])
+    except Exception as e:  # any filesystem error here means the same thing to the user
+        raise ConfigError(f"--output {table} is not writable: {e}") from e
+    if FileSystems.exists(vdir):
+        # Left by a run with this id that died before publishing: never published, safe to replace.
+        _LOG.warning("removing unpublished leftovers of this run id in %s", vdir)
+        FileSystems.delete([vdir])
+
+
+def _summarise(plan: dict[str, Any], job: CacheJobOptions, result: Any, started: float) -> dict[str, Any]:
+    vdir, task, provenance = plan["vdir"], plan["task"], plan["provenance"]
+    keys = rows_in_table = 0
+    for path in layout.shard_paths(vdir, layout.PREDICTIONS):
+        with layout.open_binary(path) as f:
+            column = pq.read_table(f, columns=["source_rows"]).column("source_rows")
+        keys += len(column)
+        rows_in_table += int(pa.compute.sum(column).as_py() or 0)
+    reasons: collections.Counter[str] = collections.Counter()
+    dead_records = 0
+    for path in layout.shard_paths(vdir, layout.DEAD_LETTER):
+        with layout.open_binary(path) as f:
+            table = pq.read_table(f, columns=["reason", "source_rows"])
+        dead_records += table.num_rows
+        for reason, count in zip(table.column("reason").to_pylist(), table.column("source_rows").to_pylist()):
+            reasons[reason] += count
+    rows_dead = sum(reasons.values())
+    if rows_in_table + rows_dead != plan["rows_in"]:
+        raise RuntimeError(
+            f"row accounting failed: {plan['rows_in']} input rows, but {rows_in_table} behind table keys + "
+            f"{rows_dead} dead-lettered; version {provenance.run_id} left unpublished in {vdir}"
+        )
+    return {
+        "format": 1,
+        "version": provenance.run_id,
+        **provenance.columns(),
+        "model_path": plan["engine"].model,
+        "input": job.input,
+        "query_column": job.query_column,
+        "output_kind": task.output,
+        "output_column": task.output_column,
+        "sampling": asdict(task.sampling),
+        "counts": {
+            "rows_in": plan["rows_in"],
+            "rows_in_table": rows_in_table,
+            "rows_dead": rows_dead,
+            "keys": keys,
+            "dead_letter_records": dead_records,
+            "generated": _counter(result, "prompts_generated"),
+        },
+        "dead_letter_reasons": dict(sorted(reasons.items())),
+        "started_at": _iso(started),
+        "finished_at": _iso(time.time()),
+        "wall_seconds": round(time.time() - started, 3),
+    }
+
+
+def _counter(result: Any, name: str) -> int | None:
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))["counters"]
+    except (NotImplementedError, KeyError):
+        return None
+    return sum((c.committed if c.committed is not None else c.attempted) or 0 for c in counters)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run()

@@ -1,0 +1,33 @@
+"""BuildPrompts: one prompt per key, rendered from the task spec."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from bulkinfer.prompts import render_prompt
+from bulkinfer.records import PromptRequest, QueryGroup
+from bulkinfer.tasks import TaskSpec
+
+
+class BuildPrompts(beam.PTransform):
+    """Renders the task's prompt for every :class:`QueryGroup`."""
+
+    def __init__(self, task: TaskSpec):
+        """Args:
+        task: the task spec whose template, instruction and examples are rendered.
+        """
+        super().__init__()
+        self._task = task
+
+    def expand(self, groups: beam.PCollection) -> beam.PCollection:
+        return groups | "Render" >> beam.Map(_to_request, self._task)
+
+
+def _to_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
+    return PromptRequest(
+        key=group.key,
+        query=group.query,
+        prompt=render_prompt(task, group.key, dict(group.fields)),
+        source_rows=group.source_rows,
+        fields=group.fields,
+    )

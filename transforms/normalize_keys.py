@@ -1,0 +1,109 @@
+"""NormalizeKeys: one key per query, bad rows dead-lettered, duplicates merged before the GPU."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from bulkinfer.errors import Reason
+from bulkinfer.keys import normalize_key
+from bulkinfer.records import Provenance, QueryGroup, dead_letter
+
+DEAD = "dead"
+
+
+class _KeyRow(beam.DoFn):
+    def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance):
+        self._query_column = query_column
+        self._fields = tuple(fields)
+        self._provenance = provenance
+
+    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+        query = row.get(self._query_column)
+        failure = None
+        if query is None:
+            failure = (Reason.NULL_QUERY, f"column {self._query_column!r} is null")
+        elif not isinstance(query, str):
+            failure = (Reason.NOT_A_STRING, f"column {self._query_column!r} holds {type(query).__name__}, not text")
+        else:
+            key = normalize_key(query)
+            if not key:
+                failure = (Reason.EMPTY_QUERY, "query is empty after normalisation (blank, whitespace or control characters)")
+            else:
+                missing = [name for name in self._fields if row.get(name) is None]
+                if missing:
+                    failure = (Reason.MISSING_FIELD, f"template column {missing[0]!r} is null")
+        if failure:
+            yield pvalue.TaggedOutput(
+                DEAD,
+                dead_letter(
+                    reason=failure[0], message=failure[1], stage="normalize_keys", query=query, row=row,
+                    provenance=self._provenance,
+                ),
+            )
+            return
+        fields = tuple((name, row[name]) for name in self._fields)
+        # Rank spellings so every run keeps the same one: the key itself first,
+        # then spellings with tidy whitespace, then the smallest.
+        rank = (query != key, " ".join(query.split()) != query, query, json.dumps(fields, default=repr))
+        yield key, (rank, query, fields)
+
+
+class _PickRepresentative(beam.CombineFn):
+    """Counts the rows of a key and keeps its best-ranked spelling."""
+
+    def create_accumulator(self) -> tuple[int, Any]:
+        return 0, None
+
+    def add_input(self, acc: tuple[int, Any], rep: tuple[tuple, str, tuple]) -> tuple[int, Any]:
+        count, best = acc
+        return count + 1, rep if best is None or rep[0] < best[0] else best
+
+    def merge_accumulators(self, accs: Any) -> tuple[int, Any]:
+        accs = list(accs)  # Beam may pass a one-shot iterator
+        reps = [best for _, best in accs if best is not None]
+        return sum(count for count, _ in accs), min(reps, key=lambda rep: rep[0]) if reps else None
+
+    def extract_output(self, acc: tuple[int, Any]) -> tuple[int, Any]:
+        return acc
+
+
+def _to_group(item: tuple[str, tuple[int, Any]]) -> QueryGroup:
+    key, (count, (_, query, fields)) = item
+    return QueryGroup(key=key, query=query, fields=fields, source_rows=count)
+
+
+class NormalizeKeys(beam.PTransform):
+    """Keys every row with ``normalize_key`` and merges rows that share a key.
+
+    Returns ``(groups, dead)``: one :class:`QueryGroup` per distinct key, and a dead-letter row for every input row without
+    a usable query (null, not text, empty after normalisation, or a null template
+    column). Merging happens here, before any prompt is built, so a query in 1,000
+    spellings costs one generation.
+    """
+
+    def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance):
+        """Args:
+        query_column: the column holding the query text.
+        fields: other columns the prompt template reads.
+        provenance: provenance columns for dead-letter rows.
+        """
+        super().__init__()
+        self._query_column = query_column
+        self._fields = fields
+        self._provenance = provenance
+
+    def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        keyed = rows | "KeyRows" >> beam.ParDo(_KeyRow(self._query_column, self._fields, self._provenance)).with_outputs(
+            DEAD, main="keyed"
+        )
+        groups = (
+            keyed.keyed
+            | "MergeSpellings" >> beam.CombinePerKey(_PickRepresentative())
+            | "ToGroups" >> beam.Map(_to_group)
+        )
+        return groups, keyed[DEAD]

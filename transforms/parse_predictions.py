@@ -1,0 +1,79 @@
+"""ParsePredictions: raw generations into typed, provenance-carrying table rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from bulkinfer.errors import Reason
+from bulkinfer.parsing import parse_output
+from bulkinfer.records import Generation, Provenance, dead_letter
+from bulkinfer.tasks import TaskSpec
+
+DEAD = "dead"
+
+
+class _Parse(beam.DoFn):
+    def __init__(self, task: TaskSpec, provenance: Provenance):
+        self._task = task
+        self._provenance = provenance
+
+    def process(self, generation: Generation) -> Iterator[Any]:
+        request = generation.request
+        if generation.error_reason is None:
+            parsed = parse_output(self._task, generation.text, request.key)
+            if parsed.error is None:
+                yield {
+                    "key": request.key,
+                    "query": request.query,
+                    self._task.output_column: parsed.value,
+                    "raw_output": generation.text,
+                    "source_rows": request.source_rows,
+                    "prompt_tokens": generation.prompt_tokens,
+                    "output_tokens": generation.output_tokens,
+                    "finish_reason": generation.finish_reason,
+                    **self._provenance.columns(),
+                }
+                return
+            reason, message, stage = Reason.UNPARSEABLE_OUTPUT, parsed.error, "parse_predictions"
+        else:
+            reason, message, stage = generation.error_reason, generation.error_message, "generate"
+        yield pvalue.TaggedOutput(
+            DEAD,
+            dead_letter(
+                reason=reason,
+                message=message,
+                stage=stage,
+                key=request.key,
+                query=request.query,
+                row=dict(request.fields),
+                raw_output=generation.text if generation.error_reason is None else None,
+                source_rows=request.source_rows,
+                provenance=self._provenance,
+            ),
+        )
+
+
+class ParsePredictions(beam.PTransform):
+    """Parses each generation into the task's typed output.
+
+    Returns ``(predictions, dead)``: prediction rows (key, query, typed output,
+    raw text, token counts, provenance) and dead-letter rows for generations that
+    failed or could not be parsed, each with its reason code.
+    """
+
+    def __init__(self, task: TaskSpec, provenance: Provenance):
+        """Args:
+        task: the task spec (parser and output column).
+        provenance: provenance columns for every row.
+        """
+        super().__init__()
+        self._task = task
+        self._provenance = provenance
+
+    def expand(self, generations: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        parsed = generations | "Parse" >> beam.ParDo(_Parse(self._task, self._provenance)).with_outputs(DEAD, main="rows")
+        return parsed.rows, parsed[DEAD]
