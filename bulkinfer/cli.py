@@ -41,7 +41,10 @@ def _run(argv: list[str]) -> int:
     if {"-h", "--help"} & set(argv):
         from pipelines.cache_job import CacheJobOptions
 
-        parser = argparse.ArgumentParser(prog="bulkinfer run", description="Run a task over a Parquet corpus and publish a versioned table. Beam flags (--runner, ...) pass through.")
+        parser = argparse.ArgumentParser(
+            prog="bulkinfer run",
+            description="Run a task over a Parquet corpus and publish a versioned table. Beam flags (--runner, ...) pass through.",
+        )
         CacheJobOptions._add_argparse_args(parser)
         parser.print_help()
         return 0
@@ -55,7 +58,16 @@ def _run(argv: list[str]) -> int:
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"version": manifest["version"], "counts": manifest["counts"], "dead_letter_reasons": manifest["dead_letter_reasons"], "wall_seconds": manifest["wall_seconds"]}))
+    print(
+        json.dumps(
+            {
+                "version": manifest["version"],
+                "counts": manifest["counts"],
+                "dead_letter_reasons": manifest["dead_letter_reasons"],
+                "wall_seconds": manifest["wall_seconds"],
+            }
+        )
+    )
     return 0
 
 
@@ -68,7 +80,12 @@ def _lookup(args: argparse.Namespace) -> int:
     empty: Any = [] if table.manifest.get("output_kind") == "list" else None
     for query in queries:
         row = table.get(query)
-        out = {"query": query, "key": normalize_key(query), "found": row is not None, table.output_column: row[table.output_column] if row else empty}
+        out = {
+            "query": query,
+            "key": normalize_key(query),
+            "found": row is not None,
+            table.output_column: row[table.output_column] if row else empty,
+        }
         if row:
             out.update(version=table.version, model=row["model"], run_id=row["run_id"])
         print(json.dumps(out, ensure_ascii=False))

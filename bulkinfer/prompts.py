@@ -33,4 +33,3 @@ def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = N
 
 def _one_line(value: Any) -> str:
     return " ".join(str(value).split())
-

@@ -41,7 +41,7 @@ class PredictionTable:
         self._rows = rows.combine_chunks()
         self._columns = {name: self._rows.column(name) for name in self._rows.column_names}
         keys = self._rows.column("key").to_pylist()
-        self._index = dict(zip(keys, range(len(keys))))
+        self._index = dict(zip(keys, range(len(keys)), strict=True))
 
     def __len__(self) -> int:
         return len(self._index)

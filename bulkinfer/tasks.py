@@ -69,6 +69,9 @@ class SamplingSpec:
     """Upper bound on generated tokens per query."""
     seed: int = 0
     """Sampling seed, so sampled runs are reproducible too."""
+    frequency_penalty: float = 0.0
+    """Penalises tokens by how often they already appear in the output, in [-2, 2];
+    small base models otherwise repeat one item ("x, x, x, ...")."""
     stop: tuple[str, ...] = ("\n",)
     """Generation ends at the first of these strings (not included in the output)."""
 
@@ -77,6 +80,8 @@ class SamplingSpec:
             raise ConfigError(f"sampling.temperature must be in [0, 5], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            raise ConfigError(f"sampling.frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         if not 1 <= self.max_tokens <= 4096:
             raise ConfigError(f"sampling.max_tokens must be in [1, 4096], got {self.max_tokens}")
 
@@ -245,7 +250,11 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
         else:
             value = _scalar(where, f.type, value)
         values[f.name] = value
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"missing required field {prefix}{missing[0]!r}")
     return cls(**values)

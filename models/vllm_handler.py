@@ -68,6 +68,11 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
         on_cpu = current_platform.is_cpu()
         if on_cpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(self._engine.kv_cache_gib)))
+            # vLLM's "auto" binding keeps a core for its front end, which on a 2-core
+            # machine halves generation speed (measured: 40 s vs 25 s for 24 prompts).
+            cores = sorted(os.sched_getaffinity(0))
+            if self._engine.tensor_parallel_size == 1:
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
         llm = vllm.LLM(**self._engine.llm_kwargs(on_cpu))
         s = self._sampling
         params = vllm.SamplingParams(
@@ -75,6 +80,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
             top_p=s.top_p,
             max_tokens=s.max_tokens,
             seed=s.seed,
+            frequency_penalty=s.frequency_penalty,
             stop=list(s.stop),
             skip_special_tokens=True,
         )
@@ -92,7 +98,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
         budget = model.max_model_len - self._sampling.max_tokens
         results: list[Generation | None] = [None] * len(batch)
         todo: list[int] = []
-        for i, (request, ids) in enumerate(zip(batch, token_ids)):
+        for i, (request, ids) in enumerate(zip(batch, token_ids, strict=True)):
             if len(ids) > budget:
                 results[i] = Generation(
                     request=request,
@@ -105,7 +111,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
                 )
             else:
                 todo.append(i)
-        for i, generation in zip(todo, self._generate(model, [(batch[i], token_ids[i]) for i in todo], retry=True)):
+        for i, generation in zip(todo, self._generate(model, [(batch[i], token_ids[i]) for i in todo], retry=True), strict=True):
             results[i] = generation
         return [r for r in results if r is not None]
 
@@ -113,9 +119,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
         if not items:
             return []
         try:
-            outputs = model.llm.generate(
-                [{"prompt_token_ids": ids} for _, ids in items], model.sampling_params, use_tqdm=False
-            )
+            outputs = model.llm.generate([{"prompt_token_ids": ids} for _, ids in items], model.sampling_params, use_tqdm=False)
         except Exception as e:  # the engine raises many types; a dead engine is re-raised below
             if type(e).__name__ == "EngineDeadError":
                 raise
@@ -135,7 +139,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
             half = len(items) // 2
             return self._generate(model, items[:half], retry=False) + self._generate(model, items[half:], retry=False)
         generations = []
-        for (request, ids), out in zip(items, outputs):
+        for (request, ids), out in zip(items, outputs, strict=True):
             completion = out.outputs[0]
             generations.append(
                 Generation(

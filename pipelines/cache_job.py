@@ -58,7 +58,9 @@ class CacheJobOptions(PipelineOptions):
         parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine call (default 256)")
 
 
-def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None, model_handler: ModelHandler | None = None) -> dict[str, Any]:
+def run(
+    argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None, model_handler: ModelHandler | None = None
+) -> dict[str, Any]:
     """Runs the job and publishes the new version.
 
     Every check that can fail on user input runs before the pipeline starts.
@@ -175,14 +177,14 @@ def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str,
         for column in [query_column, *fields]:
             if column not in schema.names:
                 which = "--query_column" if column == query_column else "the task template"
-                raise InputError(
-                    f"--input {meta.path} has no column {column!r} (named by {which}); columns: {', '.join(schema.names)}"
-                )
+                raise InputError(f"--input {meta.path} has no column {column!r} (named by {which}); columns: {', '.join(schema.names)}")
         query_type = schema.field(query_column).type
         if pa.types.is_dictionary(query_type):
             query_type = query_type.value_type
         if not (pa.types.is_string(query_type) or pa.types.is_large_string(query_type) or pa.types.is_null(query_type)):
-            raise InputError(f"--input {meta.path}: column {query_column!r} is {query_type}, not text; pick the text column with --query_column")
+            raise InputError(
+                f"--input {meta.path}: column {query_column!r} is {query_type}, not text; pick the text column with --query_column"
+            )
         rows += file_rows
     if rows == 0:
         raise InputError(f"--input {path} has no rows; nothing to do")
@@ -198,7 +200,7 @@ def _is_dir(path: str) -> bool:
 
 
 def _prepare_output(table: str, vdir: str) -> None:
-    probe = FileSystems.join(table, f".write-probe")
+    probe = FileSystems.join(table, ".write-probe")
     try:
         layout.write_text(probe, "ok")
         FileSystems.delete([probe])
@@ -224,7 +226,7 @@ def _summarise(plan: dict[str, Any], job: CacheJobOptions, result: Any, started:
         with layout.open_binary(path) as f:
             table = pq.read_table(f, columns=["reason", "source_rows"])
         dead_records += table.num_rows
-        for reason, count in zip(table.column("reason").to_pylist(), table.column("source_rows").to_pylist()):
+        for reason, count in zip(table.column("reason").to_pylist(), table.column("source_rows").to_pylist(), strict=True):
             reasons[reason] += count
     rows_dead = sum(reasons.values())
     if rows_in_table + rows_dead != plan["rows_in"]:

@@ -41,6 +41,8 @@ class FakeHandler(ModelHandler[PromptRequest, Generation, FakeModel]):
                 out.append(Generation(request=request, prompt_tokens=9999, error_reason=Reason.PROMPT_TOO_LONG, error_message="too long"))
                 continue
             text = self._answers.get(request.key, f" {request.key} alt, other {request.key}")
-            out.append(Generation(request=request, text=text, prompt_tokens=len(request.prompt.split()), output_tokens=3, finish_reason="stop"))
+            out.append(
+                Generation(request=request, text=text, prompt_tokens=len(request.prompt.split()), output_tokens=3, finish_reason="stop")
+            )
             self._generated.inc()
         return out

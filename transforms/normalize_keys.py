@@ -41,7 +41,11 @@ class _KeyRow(beam.DoFn):
             yield pvalue.TaggedOutput(
                 DEAD,
                 dead_letter(
-                    reason=failure[0], message=failure[1], stage="normalize_keys", query=query, row=row,
+                    reason=failure[0],
+                    message=failure[1],
+                    stage="normalize_keys",
+                    query=query,
+                    row=row,
                     provenance=self._provenance,
                 ),
             )
@@ -98,12 +102,6 @@ class NormalizeKeys(beam.PTransform):
         self._provenance = provenance
 
     def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        keyed = rows | "KeyRows" >> beam.ParDo(_KeyRow(self._query_column, self._fields, self._provenance)).with_outputs(
-            DEAD, main="keyed"
-        )
-        groups = (
-            keyed.keyed
-            | "MergeSpellings" >> beam.CombinePerKey(_PickRepresentative())
-            | "ToGroups" >> beam.Map(_to_group)
-        )
+        keyed = rows | "KeyRows" >> beam.ParDo(_KeyRow(self._query_column, self._fields, self._provenance)).with_outputs(DEAD, main="keyed")
+        groups = keyed.keyed | "MergeSpellings" >> beam.CombinePerKey(_PickRepresentative()) | "ToGroups" >> beam.Map(_to_group)
         return groups, keyed[DEAD]

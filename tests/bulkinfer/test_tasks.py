@@ -44,7 +44,10 @@ BASE = "name: t\noutput: list\nexamples:\n  - {input: a, output: b}\n"
         (BASE + "template: {example: '{input} {nope}'}\n", r"template.example may only use"),
         (BASE + "template: {query: '{query'}\n", r"template.query is not a valid template"),
         ("name: t\noutput: label\nlabels: [a]\n", r"labels must list at least 2 labels"),
-        ("name: t\noutput: label\nlabels: [a, b]\nexamples:\n  - {input: x, output: c}\n", r"output 'c' of example 'x' is not one of labels"),
+        (
+            "name: t\noutput: label\nlabels: [a, b]\nexamples:\n  - {input: x, output: c}\n",
+            r"output 'c' of example 'x' is not one of labels",
+        ),
         ("name: t\noutput: list\nexamples: [{input: x}]\n", r"examples\[0\] must be a mapping with exactly 'input' and 'output'"),
         ("name: t\noutput: table\n", r"output must be 'list' or 'label', got 'table'"),
         ("- a\n- b\n", r"must be a mapping of fields"),

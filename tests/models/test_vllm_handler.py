@@ -1,0 +1,71 @@
+"""The vLLM handler on a real engine (tiny local model, CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bulkinfer.errors import Reason
+from bulkinfer.prompts import render_prompt
+from bulkinfer.records import PromptRequest
+from bulkinfer.tasks import load_task
+from models.engine import EngineConfig
+from models.vllm_handler import LoadedEngine, VLLMHandler
+
+pytestmark = pytest.mark.engine
+
+TASK = load_task("synonyms")
+
+
+@pytest.fixture(scope="module")
+def handler_and_engine(tiny_model):
+    handler = VLLMHandler(EngineConfig(model=str(tiny_model), max_model_len=512, dtype="float32"), TASK.sampling, batch_size=8)
+    return handler, handler.load_model()
+
+
+def _request(key: str) -> PromptRequest:
+    return PromptRequest(key=key, query=key, prompt=render_prompt(TASK, key), source_rows=1)
+
+
+def test_one_generation_per_request_in_input_order_and_deterministic(handler_and_engine):
+    handler, engine = handler_and_engine
+    batch = [_request(k) for k in ["covid vaccine", "cheap flights", "used cars", "vuelos baratos"]]
+    first = list(handler.run_inference(batch, engine))
+    again = list(handler.run_inference(list(reversed(batch)), engine))
+    assert [g.request.key for g in first] == [r.key for r in batch]
+    assert all(g.error_reason is None and g.output_tokens > 0 and g.prompt_tokens > 0 for g in first)
+    assert [g.text for g in first] == [g.text for g in reversed(again)]
+
+
+def test_prompt_over_the_context_is_reported_not_raised(handler_and_engine):
+    handler, engine = handler_and_engine
+    long_key = " ".join(["vaccine"] * 600)
+    results = list(handler.run_inference([_request("flu"), _request(long_key)], engine))
+    assert results[0].error_reason is None
+    assert results[1].error_reason == Reason.PROMPT_TOO_LONG
+    assert results[1].prompt_tokens > 512 and "model context of 512" in results[1].error_message
+
+
+class _PoisonEngine:
+    """The real engine, failing any batch that holds a poison prompt, the way a bad input can."""
+
+    def __init__(self, llm, poison_ids):
+        self._llm, self._poison, self.calls = llm, poison_ids, 0
+
+    def generate(self, prompts, params, use_tqdm=False):
+        self.calls += 1
+        if any(p["prompt_token_ids"] == self._poison for p in prompts):
+            raise RuntimeError("poisoned batch")
+        return self._llm.generate(prompts, params, use_tqdm=use_tqdm)
+
+
+def test_failing_batch_is_retried_then_bisected_to_the_poison_row(handler_and_engine):
+    handler, engine = handler_and_engine
+    batch = [_request(k) for k in ["a", "b", "poison", "c"]]
+    poison_ids = engine.tokenizer(batch[2].prompt)["input_ids"]
+    poisoned = dataclasses.replace(engine, llm=_PoisonEngine(engine.llm, poison_ids))
+    results = list(handler.run_inference(batch, poisoned))
+    assert [g.error_reason for g in results] == [None, None, Reason.GENERATION_FAILED, None]
+    assert "poisoned batch" in results[2].error_message
+    assert isinstance(poisoned, LoadedEngine) and poisoned.llm.calls >= 4

@@ -1,0 +1,87 @@
+"""The whole job on a real vLLM engine (tiny local model), in-process and with 2 worker processes."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from bulkinfer.table import open_table
+from pipelines.cache_job import run
+from tests.conftest import write_corpus
+
+pytestmark = pytest.mark.engine
+
+LONG = " ".join(["vaccine"] * 700)
+QUERIES = ["Covid Vaccine", "covid   vaccine", "cheap flights", "CHEAP FLIGHTS ", "used cars", "vuelos baratos", "中古車", None, " ", LONG]
+
+
+def _predictions(table_dir):
+    shards = sorted(table_dir.glob("versions/*/predictions-*.parquet"))
+    assert shards
+    rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
+    return {row["key"]: (row["raw_output"], row["synonyms"]) for row in rows}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "queries.parquet", QUERIES)
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_model, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("in-process") / "table"
+    argv = [
+        "--task",
+        "synonyms",
+        "--input",
+        str(corpus),
+        "--output",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--max_model_len",
+        "512",
+        "--dtype",
+        "float32",
+    ]
+    return out, run(argv)
+
+
+def test_real_engine_job_publishes_every_row_accounted_for(in_process):
+    out, manifest = in_process
+    counts = manifest["counts"]
+    assert counts["rows_in"] == len(QUERIES)
+    assert counts["keys"] == 5 and counts["generated"] == 5
+    assert counts["rows_in_table"] + counts["rows_dead"] == counts["rows_in"]
+    assert manifest["dead_letter_reasons"] == {"empty_query": 1, "null_query": 1, "prompt_too_long": 1}
+    assert manifest["engine"].startswith("vllm")
+    table = open_table(str(out))
+    row = table.get("COVID VACCINE")
+    assert row is not None and row["source_rows"] == 2 and row["raw_output"] and row["output_tokens"] > 0
+    assert isinstance(row["synonyms"], list)
+
+
+def test_multi_process_direct_runner_gives_the_same_table(in_process, tiny_model, corpus, tmp_path):
+    out, _ = in_process
+    argv = [
+        "--task",
+        "synonyms",
+        "--input",
+        str(corpus),
+        "--output",
+        str(tmp_path / "table"),
+        "--model",
+        str(tiny_model),
+        "--max_model_len",
+        "512",
+        "--dtype",
+        "float32",
+        "--direct_running_mode",
+        "multi_processing",
+        "--direct_num_workers",
+        "2",
+    ]
+    manifest = run(argv)
+    assert manifest["counts"]["keys"] == 5
+    assert manifest["counts"]["rows_in_table"] + manifest["counts"]["rows_dead"] == len(QUERIES)
+    assert _predictions(tmp_path / "table") == _predictions(out)
