@@ -1,6 +1,6 @@
 """Benchmark: open a 1M-row synonyms table and look keys up (prints figures; not a test).
 
-    python bench/lookup_load.py [--rows 1000000]
+python bench/lookup_load.py [--rows 1000000]
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ def build(table_dir: Path, rows: int) -> list[str]:
     keys = sorted({normalize_key(" ".join(rng.choices(words, k=3)) + f" {i}") for i in range(rows)})
     vdir = table_dir / "versions" / "v1"
     vdir.mkdir(parents=True)
-    provenance = {"model": "m", "model_digest": "d", "task": "synonyms", "task_fingerprint": "f", "fingerprint": "g", "engine": "e", "run_id": "v1"}
+    provenance = {
+        "model": "m",
+        "model_digest": "d",
+        "task": "synonyms",
+        "task_fingerprint": "f",
+        "fingerprint": "g",
+        "engine": "e",
+        "run_id": "v1",
+    }
     table = pa.table(
         {
             "key": keys,

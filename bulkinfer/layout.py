@@ -20,6 +20,8 @@ import re
 import uuid
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -91,3 +93,12 @@ def shard_paths(vdir: str, kind: str) -> list[str]:
 def open_binary(path: str) -> Any:
     """A seekable binary stream of a file, for pyarrow."""
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_shards(vdir: str, kind: str, columns: list[str] | None = None) -> pa.Table | None:
+    """All shards of one kind in a version as one Arrow table, or None when there are none."""
+    parts = []
+    for path in shard_paths(vdir, kind):
+        with open_binary(path) as f:
+            parts.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(parts) if parts else None

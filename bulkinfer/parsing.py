@@ -43,15 +43,20 @@ def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
     Returns:
         The typed value, or an error saying why there is none.
     """
-    answer = raw
-    marker = task.parser.answer_marker
-    if marker:
-        if marker not in raw:
-            return Parsed(error=f"answer marker {marker!r} not found in the output")
-        answer = raw.rsplit(marker, 1)[1]
+    answer = answer_text(task, raw)
+    if answer is None:
+        return Parsed(error=f"answer marker {task.parser.answer_marker!r} not found in the output")
     if task.output == "label":
         return _parse_label(task, answer)
     return Parsed(value=split_items(answer, task.parser.separators, key, task.parser.max_items))
+
+
+def answer_text(task: TaskSpec, raw: str) -> str | None:
+    """The part of the raw text that holds the answer: after the last answer marker, if the task has one."""
+    marker = task.parser.answer_marker
+    if not marker:
+        return raw
+    return raw.rsplit(marker, 1)[1] if marker in raw else None
 
 
 def split_items(text: str, separators: tuple[str, ...], key: str, max_items: int) -> list[str]:

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bulkinfer import layout
 from bulkinfer.errors import TableError
@@ -76,10 +75,7 @@ def open_table(location: str, version: str | None = None) -> PredictionTable:
         raise TableError(f"{location} has no published version (no {layout.CURRENT} file); run `bulkinfer run --output {location}` first")
     vdir = layout.version_dir(location, version)
     manifest = layout.read_manifest(vdir)
-    parts = []
-    for path in layout.shard_paths(vdir, layout.PREDICTIONS):
-        with layout.open_binary(path) as f:
-            parts.append(pq.read_table(f))
-    if not parts:
+    rows = layout.read_shards(vdir, layout.PREDICTIONS)
+    if rows is None:
         raise TableError(f"{vdir} has no predictions-*.parquet files")
-    return PredictionTable(location, version, manifest, pa.concat_tables(parts))
+    return PredictionTable(location, version, manifest, rows)

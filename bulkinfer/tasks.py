@@ -106,6 +106,26 @@ class ParserSpec:
 
 
 @dataclass(frozen=True)
+class GateSpec:
+    """Quality gates: a new version that misses one is kept for inspection but not published."""
+
+    min_valid_rate: float = 0.0
+    """Least share of generated keys whose output parsed (the rest: ``unparseable_output``)."""
+    max_empty_rate: float = 1.0
+    """Largest share of table rows with an empty output (an empty list)."""
+    max_echo_rate: float = 1.0
+    """Largest share of rows whose output copies a few-shot example or echoes the query."""
+    max_churn_rate: float = 1.0
+    """Largest share of keys, among those in the previous version too, whose output changed."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_valid_rate", "max_empty_rate", "max_echo_rate", "max_churn_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"gates.{name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A complete task: instruction, examples, layout, sampling and parsing."""
 
@@ -131,6 +151,8 @@ class TaskSpec:
     """Sampling parameters."""
     parser: ParserSpec = field(default_factory=ParserSpec)
     """Output parsing."""
+    gates: GateSpec = field(default_factory=GateSpec)
+    """Quality gates checked before a new version is published."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -166,8 +188,14 @@ class TaskSpec:
         return self.examples if self.shots < 0 else self.examples[: self.shots]
 
     def fingerprint(self) -> str:
-        """A digest of everything in the spec that can change an answer or its parse."""
-        payload = json.dumps({"spec": dataclasses.asdict(self), "parser_version": PARSER_VERSION}, sort_keys=True, ensure_ascii=False)
+        """A digest of everything in the spec that can change an answer or its parse.
+
+        Gates and the description are left out: they change no answer, so editing
+        them does not make a rerun regenerate anything.
+        """
+        spec = dataclasses.asdict(self)
+        del spec["gates"], spec["description"]
+        payload = json.dumps({"spec": spec, "parser_version": PARSER_VERSION}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -223,7 +251,7 @@ def load_task(name_or_path: str) -> TaskSpec:
         raise ConfigError(f"{where}: {e}") from e
 
 
-_NESTED = {"template": TemplateSpec, "sampling": SamplingSpec, "parser": ParserSpec}
+_NESTED = {"template": TemplateSpec, "sampling": SamplingSpec, "parser": ParserSpec, "gates": GateSpec}
 
 
 def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
