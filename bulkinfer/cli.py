@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     lookup.add_argument("--version", default=None, help="a version name (default: the published one)")
     lookup.add_argument("queries", nargs="*", help="queries to look up; none: read one per line from stdin")
     commands.add_parser("tasks", help="list the built-in task specs")
+    versions = commands.add_parser("versions", help="list a table's versions with their manifest counts; one JSON object per line")
+    versions.add_argument("--table", required=True, help="table directory")
+    rollback = commands.add_parser("rollback", help="publish an earlier version again")
+    rollback.add_argument("--table", required=True, help="table directory")
+    rollback.add_argument("--to", default=None, help="version to publish (default: the newest earlier one whose gates passed)")
 
     if argv[:1] == ["run"]:
         return _run(argv[1:])
@@ -31,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "lookup":
             return _lookup(args)
+        if args.command == "versions":
+            return _versions(args)
+        if args.command == "rollback":
+            return _rollback(args)
         return _tasks()
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
@@ -89,6 +98,35 @@ def _lookup(args: argparse.Namespace) -> int:
         if row:
             out.update(version=table.version, model=row["model"], run_id=row["run_id"])
         print(json.dumps(out, ensure_ascii=False))
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from bulkinfer import layout
+
+    current = layout.read_current(args.table)
+    for name, manifest in layout.list_versions(args.table):
+        summary = {
+            "version": name,
+            "current": name == current,
+            "finished_at": manifest.get("finished_at"),
+            "task": manifest.get("task"),
+            "model": manifest.get("model"),
+            "gates_passed": manifest.get("gates", {}).get("passed"),
+            "counts": manifest.get("counts"),
+        }
+        print(json.dumps(summary))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from bulkinfer import layout
+    from bulkinfer.lock import TableLock
+
+    before = layout.read_current(args.table)
+    with TableLock(args.table, f"rollback-{before}"):
+        target = layout.rollback(args.table, args.to)
+    print(json.dumps({"table": args.table, "from": before, "to": target}))
     return 0
 
 

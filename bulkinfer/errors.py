@@ -15,6 +15,10 @@ class TableError(ValueError):
     """A published table is missing or unreadable; the message says what to fix."""
 
 
+class GateError(RuntimeError):
+    """A quality gate failed: the new version is kept for inspection, not published."""
+
+
 class Reason:
     """Machine-readable reason codes of dead-letter rows (the ``reason`` column)."""
 

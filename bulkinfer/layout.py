@@ -102,3 +102,51 @@ def read_shards(vdir: str, kind: str, columns: list[str] | None = None) -> pa.Ta
         with open_binary(path) as f:
             parts.append(pq.read_table(f, columns=columns))
     return pa.concat_tables(parts) if parts else None
+
+
+def list_versions(table: str) -> list[tuple[str, dict[str, Any]]]:
+    """Complete versions (those with a manifest), oldest first, with their manifests."""
+    matches = FileSystems.match([FileSystems.join(table, "versions", "*", MANIFEST)])[0].metadata_list
+    found = []
+    for meta in matches:
+        vdir = meta.path[: -len(MANIFEST) - 1]
+        found.append((vdir.rstrip("/").rsplit("/", 1)[-1], json.loads(read_text(meta.path))))
+    return sorted(found, key=lambda item: (item[1].get("finished_at", ""), item[0]))
+
+
+def prune_versions(table: str, keep: int) -> list[str]:
+    """Deletes complete versions beyond the newest ``keep``, never the published one; returns their names."""
+    current = read_current(table)
+    versions = [name for name, _ in list_versions(table)]
+    doomed = [name for name in versions[: max(0, len(versions) - keep)] if name != current]
+    if doomed:
+        FileSystems.delete([version_dir(table, name) for name in doomed])
+    return doomed
+
+
+def rollback(table: str, to: str | None = None) -> str:
+    """Points ``CURRENT`` back at an earlier version and returns its name.
+
+    Args:
+        table: the table directory.
+        to: the version to publish; default: the newest version older than the
+            published one whose quality gates passed.
+
+    Raises:
+        TableError: the version does not exist, is incomplete, or there is none to go back to.
+    """
+    current = read_current(table)
+    versions = list_versions(table)
+    names = [name for name, _ in versions]
+    if to is not None:
+        if to not in names:
+            raise TableError(f"{table} has no complete version {to!r}; versions: {', '.join(names) or 'none'}")
+        target = to
+    else:
+        older = versions[: names.index(current)] if current in names else versions
+        passed = [name for name, manifest in older if manifest.get("gates", {}).get("passed", True)]
+        if not passed:
+            raise TableError(f"{table} has no version older than {current} that passed its gates; nothing to roll back to")
+        target = passed[-1]
+    publish(table, target)
+    return target

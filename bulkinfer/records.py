@@ -10,6 +10,10 @@ import pyarrow as pa
 
 from bulkinfer.tasks import TaskSpec
 
+SCHEMA_VERSION = 1
+"""Bumped when prediction columns change; part of the fingerprint, so rows written
+with an older schema are regenerated rather than reused."""
+
 
 @dataclass(frozen=True)
 class QueryGroup:

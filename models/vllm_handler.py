@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,32 @@ class LoadedEngine:
     """``vllm.SamplingParams`` built from the task's sampling spec."""
 
 
-class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
+class EngineHandle:
+    """What ``load_model`` returns: the engine, started on first use.
+
+    Beam loads the model when a worker sets the transform up, even when no prompt
+    will reach it; a rerun whose answers are all reused must not pay minutes of
+    engine start for nothing, so the start waits for the first batch.
+    """
+
+    def __init__(self, start: Callable[[], LoadedEngine], on_start: Callable[[], None] = lambda: None):
+        """Args:
+        start: starts the engine.
+        on_start: called once when it does (counts engine starts).
+        """
+        self._start = start
+        self._on_start = on_start
+        self._engine: LoadedEngine | None = None
+
+    def get(self) -> LoadedEngine:
+        """The engine, starting it if this is the first call."""
+        if self._engine is None:
+            self._engine = self._start()
+            self._on_start()
+        return self._engine
+
+
+class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
     """Generates completions for :class:`PromptRequest` batches with ``vllm.LLM``.
 
     Prompts are tokenised here with the model's tokenizer, checked against the
@@ -58,8 +83,12 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
         self._generated = Metrics.counter(METRICS_NAMESPACE, "prompts_generated")
         self._prompt_tokens = Metrics.counter(METRICS_NAMESPACE, "prompt_tokens")
         self._output_tokens = Metrics.counter(METRICS_NAMESPACE, "output_tokens")
+        self._engine_starts = Metrics.counter(METRICS_NAMESPACE, "engine_starts")
 
-    def load_model(self) -> LoadedEngine:
+    def load_model(self) -> EngineHandle:
+        return EngineHandle(self._start_engine, self._engine_starts.inc)
+
+    def _start_engine(self) -> LoadedEngine:
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -91,9 +120,13 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
     def run_inference(
         self,
         batch: Sequence[PromptRequest],
-        model: LoadedEngine,
+        model: EngineHandle,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Generation]:
+        return self.generate(batch, model.get())
+
+    def generate(self, batch: Sequence[PromptRequest], model: LoadedEngine) -> list[Generation]:
+        """Generates for one batch on a started engine; results in input order."""
         token_ids = model.tokenizer(list(r.prompt for r in batch))["input_ids"]
         budget = model.max_model_len - self._sampling.max_tokens
         results: list[Generation | None] = [None] * len(batch)
@@ -111,11 +144,11 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
                 )
             else:
                 todo.append(i)
-        for i, generation in zip(todo, self._generate(model, [(batch[i], token_ids[i]) for i in todo], retry=True), strict=True):
+        for i, generation in zip(todo, self._generate_with_retry(model, [(batch[i], token_ids[i]) for i in todo], retry=True), strict=True):
             results[i] = generation
         return [r for r in results if r is not None]
 
-    def _generate(self, model: LoadedEngine, items: list[tuple[PromptRequest, list[int]]], retry: bool) -> list[Generation]:
+    def _generate_with_retry(self, model: LoadedEngine, items: list[tuple[PromptRequest, list[int]]], retry: bool) -> list[Generation]:
         if not items:
             return []
         try:
@@ -125,7 +158,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
                 raise
             if retry:
                 _LOG.warning("generate failed on a batch of %d (%s); retrying once", len(items), e)
-                return self._generate(model, items, retry=False)
+                return self._generate_with_retry(model, items, retry=False)
             if len(items) == 1:
                 request, ids = items[0]
                 return [
@@ -137,7 +170,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, LoadedEngine]):
                     )
                 ]
             half = len(items) // 2
-            return self._generate(model, items[:half], retry=False) + self._generate(model, items[half:], retry=False)
+            return self._generate_with_retry(model, items[:half], retry=False) + self._generate_with_retry(model, items[half:], retry=False)
         generations = []
         for (request, ids), out in zip(items, outputs, strict=True):
             completion = out.outputs[0]

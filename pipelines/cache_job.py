@@ -10,21 +10,24 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bulkinfer import layout
-from bulkinfer.errors import ConfigError, InputError
-from bulkinfer.records import Provenance, prediction_schema
+from bulkinfer import layout, quality
+from bulkinfer.errors import ConfigError, GateError, InputError
+from bulkinfer.lock import TableLock
+from bulkinfer.records import SCHEMA_VERSION, Provenance, prediction_schema
 from bulkinfer.tasks import TaskSpec, load_task
 from models.engine import EngineConfig, engine_version, fingerprint, model_digest, resolve_model
 from models.gemma import GEMMA_ALIAS
@@ -34,6 +37,7 @@ from transforms.generate import Generate
 from transforms.normalize_keys import NormalizeKeys
 from transforms.parse_predictions import ParsePredictions
 from transforms.read_queries import ReadQueries
+from transforms.reuse_results import ReuseResults
 from transforms.write_version import WriteVersion
 
 _LOG = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ class CacheJobOptions(PipelineOptions):
         parser.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="GPU memory share per engine (GPU only)")
         parser.add_argument("--max_num_seqs", type=int, default=256, help="sequences the engine runs at once (default 256)")
         parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine call (default 256)")
+        parser.add_argument("--full", action="store_true", help="generate every key again instead of reusing the published answers")
+        parser.add_argument("--keep", type=int, default=4, help="versions to keep; older ones are deleted after publish (default 4)")
 
 
 def run(
@@ -63,7 +69,10 @@ def run(
 ) -> dict[str, Any]:
     """Runs the job and publishes the new version.
 
-    Every check that can fail on user input runs before the pipeline starts.
+    Every check that can fail on user input runs before the pipeline starts. Keys
+    whose answer the published version already holds (same fingerprint) are
+    reused, not generated again, unless ``--full``. The new version is published
+    only when the row accounting holds and every quality gate passes.
 
     Args:
         argv: command-line flags (job flags and Beam flags).
@@ -74,48 +83,85 @@ def run(
         The manifest of the published version.
 
     Raises:
-        ConfigError: a flag, the task spec, the model or the output is wrong.
+        ConfigError: a flag, the task spec, the model or the output is wrong, or
+            another run holds the table.
         InputError: the input cannot be read as asked.
+        GateError: a quality gate failed; the version is kept unpublished.
     """
     options = PipelineOptions(argv)
     job = options.view_as(CacheJobOptions)
     started = time.time()
-    plan = _plan(job, model_handler is None)
-    handler = model_handler or VLLMHandler(plan["engine"], plan["task"].sampling, batch_size=job.batch_size)
+    plan = _plan(job, real_engine=model_handler is None)
+    handler = model_handler or VLLMHandler(plan.engine, plan.task.sampling, batch_size=job.batch_size)
+    with TableLock(job.output, plan.provenance.run_id):
+        previous = layout.read_current(job.output)
+        if previous == plan.provenance.run_id:
+            raise ConfigError(f"run id {previous} is already the published version of {job.output}; give a new --run_id")
+        _clear_leftovers(plan.vdir)
+        reuse_from = None if job.full or previous is None else layout.version_dir(job.output, previous)
+        pipeline = test_pipeline or beam.Pipeline(options=options)
+        _build(pipeline, job, plan, handler, reuse_from)
+        result = pipeline.run()
+        result.wait_until_finish()
 
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    task: TaskSpec = plan["task"]
-    provenance: Provenance = plan["provenance"]
-    rows = pipeline | "ReadQueries" >> ReadQueries(plan["input"], [job.query_column, *plan["fields"]])
-    groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan["fields"], provenance)
-    generations = groups | "BuildPrompts" >> BuildPrompts(task) | "Generate" >> Generate(handler)
-    predictions, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
-    dead = (bad_rows, bad_outputs) | "DeadLetters" >> beam.Flatten()
-    _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan["vdir"], prediction_schema(task))
-    result = pipeline.run()
-    result.wait_until_finish()
-
-    manifest = json.loads(json.dumps(_summarise(plan, job, result, started)))  # as readers will see it
-    layout.write_manifest(plan["vdir"], manifest)
-    layout.publish(job.output, provenance.run_id)
-    _LOG.info("published %s version %s: %s", job.output, provenance.run_id, manifest["counts"])
+        manifest = _summarise(plan, job, result, started, previous)
+        layout.write_manifest(plan.vdir, manifest)
+        failed = manifest["gates"]["failed"]
+        if failed:
+            first = failed[0]
+            raise GateError(
+                f"quality gate {first['gate']} failed: {first['value']} against threshold {first['threshold']} "
+                f"(set in task {plan.task.name}, gates.{first['gate']}); version {plan.provenance.run_id} kept unpublished "
+                f"in {plan.vdir}; {job.output} still serves {previous or 'nothing'}"
+                + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
+            )
+        layout.publish(job.output, plan.provenance.run_id)
+        pruned = layout.prune_versions(job.output, keep=job.keep)
+    _LOG.info("published %s version %s: %s (pruned %s)", job.output, plan.provenance.run_id, manifest["counts"], pruned or "none")
     return manifest
 
 
-def _plan(job: CacheJobOptions, real_engine: bool) -> dict[str, Any]:
+def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: _Plan, handler: ModelHandler, reuse_from: str | None) -> None:
+    task, provenance = plan.task, plan.provenance
+    rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, [job.query_column, *plan.fields])
+    groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance)
+    if reuse_from is not None and layout.shard_paths(reuse_from, layout.PREDICTIONS):
+        previous = pipeline | "ReadPrevious" >> beam.io.ReadFromParquet(f"{reuse_from}/{layout.PREDICTIONS}-*.parquet")
+    else:
+        previous = pipeline | "NoPrevious" >> beam.Create([])
+    to_generate, reused = (groups, previous) | "ReuseResults" >> ReuseResults(provenance.fingerprint)
+    generations = to_generate | "BuildPrompts" >> BuildPrompts(task) | "Generate" >> Generate(handler)
+    generated, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
+    predictions = (generated, reused) | "Predictions" >> beam.Flatten()
+    dead = (bad_rows, bad_outputs) | "DeadLetters" >> beam.Flatten()
+    _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, prediction_schema(task))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    task: TaskSpec
+    fields: list[str]
+    input: str
+    rows_in: int
+    engine: EngineConfig
+    provenance: Provenance
+    vdir: str
+
+
+def _plan(job: CacheJobOptions, real_engine: bool) -> _Plan:
     for flag in ("task", "input", "output"):
         if not getattr(job, flag):
             raise ConfigError(f"--{flag} is required")
     if job.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {job.batch_size}")
+    if job.keep < 1:
+        raise ConfigError(f"--keep must be >= 1 (the published version is always kept), got {job.keep}")
     task = load_task(job.task)
     fields = sorted(task.template.fields())
     input_pattern, rows_in = inspect_input(job.input, job.query_column, fields)
     run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not layout.valid_version(run_id):
         raise ConfigError(f"--run_id must be letters, digits, '.', '_' or '-' (at most 128), got {run_id!r}")
-    if layout.read_current(job.output) == run_id:
-        raise ConfigError(f"run id {run_id} is already the published version of {job.output}; give a new --run_id")
     model = resolve_model(job.model) if real_engine else job.model
     engine = EngineConfig(
         model=model,
@@ -134,20 +180,11 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> dict[str, Any]:
         model_digest=digest,
         task=task.name,
         task_fingerprint=task.fingerprint(),
-        fingerprint=fingerprint(task.fingerprint(), digest, engine_name, job.max_model_len, job.dtype),
+        fingerprint=fingerprint(task.fingerprint(), digest, engine_name, job.max_model_len, job.dtype, SCHEMA_VERSION),
         engine=engine_name,
     )
-    vdir = layout.version_dir(job.output, run_id)
-    _prepare_output(job.output, vdir)
-    return {
-        "task": task,
-        "fields": fields,
-        "input": input_pattern,
-        "rows_in": rows_in,
-        "engine": engine,
-        "provenance": provenance,
-        "vdir": vdir,
-    }
+    _check_writable(job.output)
+    return _Plan(task, fields, input_pattern, rows_in, engine, provenance, layout.version_dir(job.output, run_id))
 
 
 def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str, int]:
@@ -194,69 +231,81 @@ def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str,
 def _is_dir(path: str) -> bool:
     if "://" in path:
         return path.endswith("/")
-    import os
-
     return os.path.isdir(path)
 
 
-def _prepare_output(table: str, vdir: str) -> None:
-    probe = FileSystems.join(table, ".write-probe")
+def _check_writable(table: str) -> None:
+    probe = FileSystems.join(table, f".write-probe-{os.getpid()}")
     try:
         layout.write_text(probe, "ok")
         FileSystems.delete([probe])
     except Exception as e:  # any filesystem error here means the same thing to the user
         raise ConfigError(f"--output {table} is not writable: {e}") from e
+
+
+def _clear_leftovers(vdir: str) -> None:
     if FileSystems.exists(vdir):
         # Left by a run with this id that died before publishing: never published, safe to replace.
-        _LOG.warning("removing unpublished leftovers of this run id in %s", vdir)
+        _LOG.warning("replacing unpublished leftovers of this run id in %s", vdir)
         FileSystems.delete([vdir])
 
 
-def _summarise(plan: dict[str, Any], job: CacheJobOptions, result: Any, started: float) -> dict[str, Any]:
-    vdir, task, provenance = plan["vdir"], plan["task"], plan["provenance"]
-    keys = rows_in_table = 0
-    for path in layout.shard_paths(vdir, layout.PREDICTIONS):
-        with layout.open_binary(path) as f:
-            column = pq.read_table(f, columns=["source_rows"]).column("source_rows")
-        keys += len(column)
-        rows_in_table += int(pa.compute.sum(column).as_py() or 0)
-    reasons: collections.Counter[str] = collections.Counter()
-    dead_records = 0
-    for path in layout.shard_paths(vdir, layout.DEAD_LETTER):
-        with layout.open_binary(path) as f:
-            table = pq.read_table(f, columns=["reason", "source_rows"])
-        dead_records += table.num_rows
-        for reason, count in zip(table.column("reason").to_pylist(), table.column("source_rows").to_pylist(), strict=True):
-            reasons[reason] += count
-    rows_dead = sum(reasons.values())
-    if rows_in_table + rows_dead != plan["rows_in"]:
+def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, previous: str | None) -> dict[str, Any]:
+    task, provenance = plan.task, plan.provenance
+    rows = layout.read_shards(plan.vdir, layout.PREDICTIONS, ["key", task.output_column, "raw_output", "source_rows", "run_id"])
+    dead = layout.read_shards(plan.vdir, layout.DEAD_LETTER, ["reason", "source_rows"])
+    keys = rows.num_rows if rows is not None else 0
+    rows_in_table = int(pc.sum(rows.column("source_rows")).as_py() or 0) if keys else 0
+    reused = int(pc.sum(pc.not_equal(rows.column("run_id"), provenance.run_id)).as_py() or 0) if keys else 0
+    dead_rows: collections.Counter[str] = collections.Counter()
+    dead_records: collections.Counter[str] = collections.Counter()
+    if dead is not None:
+        for reason, count in zip(dead.column("reason").to_pylist(), dead.column("source_rows").to_pylist(), strict=True):
+            dead_rows[reason] += count
+            dead_records[reason] += 1
+    rows_dead = sum(dead_rows.values())
+    if rows_in_table + rows_dead != plan.rows_in:
         raise RuntimeError(
-            f"row accounting failed: {plan['rows_in']} input rows, but {rows_in_table} behind table keys + "
-            f"{rows_dead} dead-lettered; version {provenance.run_id} left unpublished in {vdir}"
+            f"row accounting failed: {plan.rows_in} input rows, but {rows_in_table} behind table keys + "
+            f"{rows_dead} dead-lettered; version {provenance.run_id} left unpublished in {plan.vdir}"
         )
-    return {
+    before = None
+    if previous is not None:
+        before = layout.read_shards(layout.version_dir(job.output, previous), layout.PREDICTIONS)
+        if before is not None and task.output_column in before.column_names:
+            before = before.select(["key", task.output_column])
+    measured = quality.measure(task, rows, dead_records, before)
+    failed = quality.failed_gates(task, measured)
+    manifest = {
         "format": 1,
         "version": provenance.run_id,
         **provenance.columns(),
-        "model_path": plan["engine"].model,
+        "model_path": plan.engine.model,
         "input": job.input,
         "query_column": job.query_column,
         "output_kind": task.output,
         "output_column": task.output_column,
         "sampling": asdict(task.sampling),
+        "previous_version": previous,
+        "full": bool(job.full),
         "counts": {
-            "rows_in": plan["rows_in"],
+            "rows_in": plan.rows_in,
             "rows_in_table": rows_in_table,
             "rows_dead": rows_dead,
             "keys": keys,
-            "dead_letter_records": dead_records,
+            "dead_letter_records": sum(dead_records.values()),
+            "reused": reused,
             "generated": _counter(result, "prompts_generated"),
+            "engine_starts": _counter(result, "engine_starts"),
         },
-        "dead_letter_reasons": dict(sorted(reasons.items())),
+        "dead_letter_reasons": dict(sorted(dead_rows.items())),
+        "quality": {name: round(value, 4) if isinstance(value, float) else value for name, value in measured.items()},
+        "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
         "wall_seconds": round(time.time() - started, 3),
     }
+    return json.loads(json.dumps(manifest))  # exactly what readers of manifest.json will see
 
 
 def _counter(result: Any, name: str) -> int | None:

@@ -11,7 +11,7 @@ from bulkinfer.prompts import render_prompt
 from bulkinfer.records import PromptRequest
 from bulkinfer.tasks import load_task
 from models.engine import EngineConfig
-from models.vllm_handler import LoadedEngine, VLLMHandler
+from models.vllm_handler import EngineHandle, LoadedEngine, VLLMHandler
 
 pytestmark = pytest.mark.engine
 
@@ -21,7 +21,7 @@ TASK = load_task("synonyms")
 @pytest.fixture(scope="module")
 def handler_and_engine(tiny_model):
     handler = VLLMHandler(EngineConfig(model=str(tiny_model), max_model_len=512, dtype="float32"), TASK.sampling, batch_size=8)
-    return handler, handler.load_model()
+    return handler, handler.load_model().get()
 
 
 def _request(key: str) -> PromptRequest:
@@ -31,8 +31,8 @@ def _request(key: str) -> PromptRequest:
 def test_one_generation_per_request_in_input_order_and_deterministic(handler_and_engine):
     handler, engine = handler_and_engine
     batch = [_request(k) for k in ["covid vaccine", "cheap flights", "used cars", "vuelos baratos"]]
-    first = list(handler.run_inference(batch, engine))
-    again = list(handler.run_inference(list(reversed(batch)), engine))
+    first = list(handler.generate(batch, engine))
+    again = list(handler.generate(list(reversed(batch)), engine))
     assert [g.request.key for g in first] == [r.key for r in batch]
     assert all(g.error_reason is None and g.output_tokens > 0 and g.prompt_tokens > 0 for g in first)
     assert [g.text for g in first] == [g.text for g in reversed(again)]
@@ -41,7 +41,7 @@ def test_one_generation_per_request_in_input_order_and_deterministic(handler_and
 def test_prompt_over_the_context_is_reported_not_raised(handler_and_engine):
     handler, engine = handler_and_engine
     long_key = " ".join(["vaccine"] * 600)
-    results = list(handler.run_inference([_request("flu"), _request(long_key)], engine))
+    results = list(handler.generate([_request("flu"), _request(long_key)], engine))
     assert results[0].error_reason is None
     assert results[1].error_reason == Reason.PROMPT_TOO_LONG
     assert results[1].prompt_tokens > 512 and "model context of 512" in results[1].error_message
@@ -65,7 +65,15 @@ def test_failing_batch_is_retried_then_bisected_to_the_poison_row(handler_and_en
     batch = [_request(k) for k in ["a", "b", "poison", "c"]]
     poison_ids = engine.tokenizer(batch[2].prompt)["input_ids"]
     poisoned = dataclasses.replace(engine, llm=_PoisonEngine(engine.llm, poison_ids))
-    results = list(handler.run_inference(batch, poisoned))
+    results = list(handler.generate(batch, poisoned))
     assert [g.error_reason for g in results] == [None, None, Reason.GENERATION_FAILED, None]
     assert "poisoned batch" in results[2].error_message
     assert isinstance(poisoned, LoadedEngine) and poisoned.llm.calls >= 4
+
+
+def test_engine_starts_on_first_batch_not_on_load():
+    starts = []
+    handle = EngineHandle(lambda: starts.append(1) or "engine", lambda: starts.append(2))
+    assert starts == []
+    assert handle.get() == "engine" and handle.get() == "engine"
+    assert starts == [1, 2]

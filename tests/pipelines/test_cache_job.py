@@ -37,7 +37,9 @@ def test_publishes_a_versioned_table(tmp_path):
         "rows_dead": 4,
         "keys": 3,
         "dead_letter_records": 4,
+        "reused": 0,
         "generated": 3,
+        "engine_starts": 0,  # the fake handler starts no engine
     }
     assert manifest["dead_letter_reasons"] == {"empty_query": 3, "null_query": 1}
     assert manifest["task"] == "synonyms" and manifest["model"] == "fake-model" and manifest["run_id"] == "r1"

@@ -54,7 +54,7 @@ def test_real_engine_job_publishes_every_row_accounted_for(in_process):
     assert counts["keys"] == 5 and counts["generated"] == 5
     assert counts["rows_in_table"] + counts["rows_dead"] == counts["rows_in"]
     assert manifest["dead_letter_reasons"] == {"empty_query": 1, "null_query": 1, "prompt_too_long": 1}
-    assert manifest["engine"].startswith("vllm")
+    assert manifest["engine"].startswith("vllm") and counts["engine_starts"] == 1
     table = open_table(str(out))
     row = table.get("COVID VACCINE")
     assert row is not None and row["source_rows"] == 2 and row["raw_output"] and row["output_tokens"] > 0
@@ -85,3 +85,12 @@ def test_multi_process_direct_runner_gives_the_same_table(in_process, tiny_model
     assert manifest["counts"]["keys"] == 5
     assert manifest["counts"]["rows_in_table"] + manifest["counts"]["rows_dead"] == len(QUERIES)
     assert _predictions(tmp_path / "table") == _predictions(out)
+
+
+def test_rerun_of_an_unchanged_corpus_starts_no_engine(in_process, tiny_model, corpus):
+    out, first = in_process
+    argv = ["--task", "synonyms", "--input", str(corpus), "--output", str(out), "--model", str(tiny_model)]
+    again = run([*argv, "--max_model_len", "512", "--dtype", "float32", "--run_id", "rerun"])
+    assert again["counts"]["generated"] == 0 and again["counts"]["engine_starts"] == 0
+    assert again["counts"]["reused"] == first["counts"]["keys"]
+    assert again["wall_seconds"] < first["wall_seconds"]
