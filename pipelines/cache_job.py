@@ -8,6 +8,7 @@ Beam flags (``--runner``, ``--direct_num_workers``, Dataflow options, ...) pass 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -125,16 +126,22 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: _Plan, handler: 
     task, provenance = plan.task, plan.provenance
     rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, [job.query_column, *plan.fields])
     groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance)
-    if reuse_from is not None and layout.shard_paths(reuse_from, layout.PREDICTIONS):
-        previous = pipeline | "ReadPrevious" >> beam.io.ReadFromParquet(f"{reuse_from}/{layout.PREDICTIONS}-*.parquet")
-    else:
-        previous = pipeline | "NoPrevious" >> beam.Create([])
-    to_generate, reused = (groups, previous) | "ReuseResults" >> ReuseResults(provenance.fingerprint)
+    previous = _read_previous(pipeline, reuse_from, layout.PREDICTIONS)
+    previous_dead = _read_previous(pipeline, reuse_from, layout.DEAD_LETTER)
+    greedy = task.sampling.temperature == 0.0
+    to_generate, reused, reused_dead = (groups, previous, previous_dead) | "ReuseResults" >> ReuseResults(provenance.fingerprint, greedy)
     generations = to_generate | "BuildPrompts" >> BuildPrompts(task) | "Generate" >> Generate(handler)
     generated, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
     predictions = (generated, reused) | "Predictions" >> beam.Flatten()
-    dead = (bad_rows, bad_outputs) | "DeadLetters" >> beam.Flatten()
+    dead = (bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten()
     _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, prediction_schema(task))
+
+
+def _read_previous(pipeline: beam.Pipeline, vdir: str | None, kind: str) -> beam.PCollection:
+    label = "".join(part.title() for part in kind.split("_"))
+    if vdir is None or not layout.shard_paths(vdir, kind):
+        return pipeline | f"NoPrevious{label}" >> beam.Create([])
+    return pipeline | f"ReadPrevious{label}" >> beam.io.ReadFromParquet(f"{vdir}/{kind}-*.parquet")
 
 
 @dataclass(frozen=True)
@@ -206,8 +213,9 @@ def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str,
     rows = 0
     for meta in sorted(matched, key=lambda m: m.path):
         try:
-            with layout.open_binary(meta.path) as f:
-                parquet = pq.ParquetFile(f)
+            remote = "://" in meta.path
+            with layout.open_binary(meta.path) if remote else contextlib.nullcontext(meta.path) as source:
+                parquet = pq.ParquetFile(source)
                 schema, file_rows = parquet.schema_arrow, parquet.metadata.num_rows
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"--input {meta.path} is not a readable Parquet file: {e}") from e
@@ -253,7 +261,7 @@ def _clear_leftovers(vdir: str) -> None:
 def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, previous: str | None) -> dict[str, Any]:
     task, provenance = plan.task, plan.provenance
     rows = layout.read_shards(plan.vdir, layout.PREDICTIONS, ["key", task.output_column, "raw_output", "source_rows", "run_id"])
-    dead = layout.read_shards(plan.vdir, layout.DEAD_LETTER, ["reason", "source_rows"])
+    dead = layout.read_shards(plan.vdir, layout.DEAD_LETTER, ["reason", "source_rows", "run_id"])
     keys = rows.num_rows if rows is not None else 0
     rows_in_table = int(pc.sum(rows.column("source_rows")).as_py() or 0) if keys else 0
     reused = int(pc.sum(pc.not_equal(rows.column("run_id"), provenance.run_id)).as_py() or 0) if keys else 0
@@ -264,6 +272,7 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
             dead_rows[reason] += count
             dead_records[reason] += 1
     rows_dead = sum(dead_rows.values())
+    reused_dead = int(pc.sum(pc.not_equal(dead.column("run_id"), provenance.run_id)).as_py() or 0) if dead is not None else 0
     if rows_in_table + rows_dead != plan.rows_in:
         raise RuntimeError(
             f"row accounting failed: {plan.rows_in} input rows, but {rows_in_table} behind table keys + "
@@ -295,6 +304,7 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
             "keys": keys,
             "dead_letter_records": sum(dead_records.values()),
             "reused": reused,
+            "reused_dead_letters": reused_dead,
             "generated": _counter(result, "prompts_generated"),
             "engine_starts": _counter(result, "engine_starts"),
         },

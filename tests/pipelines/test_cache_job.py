@@ -38,6 +38,7 @@ def test_publishes_a_versioned_table(tmp_path):
         "keys": 3,
         "dead_letter_records": 4,
         "reused": 0,
+        "reused_dead_letters": 0,
         "generated": 3,
         "engine_starts": 0,  # the fake handler starts no engine
     }

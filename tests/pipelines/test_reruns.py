@@ -71,6 +71,15 @@ def test_unchanged_corpus_generates_nothing(tmp_path):
     assert again["quality"]["churn_rate"] == 0.0
 
 
+def test_deterministic_dead_letters_are_carried_not_retried(tmp_path):
+    handler = FakeHandler(answers={"query 1": " not parseable as a label"}, too_long=["query 2"])
+    first = _job(tmp_path, KEYS[:5], "r1", task="classify", handler=handler)
+    assert first["dead_letter_reasons"] == {"prompt_too_long": 1, "unparseable_output": 4}
+    again = _job(tmp_path, KEYS[:5], "r2", task="classify", handler=handler)
+    assert again["counts"]["generated"] == 0 and again["counts"]["reused_dead_letters"] == 5
+    assert again["dead_letter_reasons"] == first["dead_letter_reasons"]
+
+
 def test_full_regenerates_everything(tmp_path):
     _job(tmp_path, KEYS, "r1")
     assert _job(tmp_path, KEYS, "r2", "--full")["counts"]["generated"] == 200

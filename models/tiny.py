@@ -1,4 +1,4 @@
-"""Builds a tiny random-weight Llama with a locally trained BPE tokenizer (no hub, seconds).
+"""A tiny random-weight Llama with a locally trained BPE tokenizer, for tests and benchmarks (no hub, seconds).
 
 vLLM's CPU attention needs head_dim >= 32, so the model has 2 heads of 32.
 The weights are seeded: the same directory content every time, so greedy
