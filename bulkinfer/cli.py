@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from bulkinfer.errors import ConfigError, InputError, TableError
+from bulkinfer.errors import ConfigError, GateError, InputError, TableError
 
 _USER_ERRORS = (ConfigError, InputError, TableError)
 
@@ -67,16 +67,11 @@ def _run(argv: list[str]) -> int:
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
         return 2
-    print(
-        json.dumps(
-            {
-                "version": manifest["version"],
-                "counts": manifest["counts"],
-                "dead_letter_reasons": manifest["dead_letter_reasons"],
-                "wall_seconds": manifest["wall_seconds"],
-            }
-        )
-    )
+    except GateError as e:
+        print(f"bulkinfer: not published: {e}", file=sys.stderr)
+        return 3
+    summary = {name: manifest[name] for name in ("version", "counts", "dead_letter_reasons", "quality", "wall_seconds")}
+    print(json.dumps(summary))
     return 0
 
 

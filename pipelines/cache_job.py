@@ -112,7 +112,7 @@ def run(
             first = failed[0]
             raise GateError(
                 f"quality gate {first['gate']} failed: {first['value']} against threshold {first['threshold']} "
-                f"(set in task {plan.task.name}, gates.{first['gate']}); version {plan.provenance.run_id} kept unpublished "
+                f"(set in --task {job.task}, gates.{first['gate']}); version {plan.provenance.run_id} kept unpublished "
                 f"in {plan.vdir}; {job.output} still serves {previous or 'nothing'}"
                 + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
             )

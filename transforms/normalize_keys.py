@@ -38,23 +38,16 @@ class _KeyRow(beam.DoFn):
                 if missing:
                     failure = (Reason.MISSING_FIELD, f"template column {missing[0]!r} is null")
         if failure:
-            yield pvalue.TaggedOutput(
-                DEAD,
-                dead_letter(
-                    reason=failure[0],
-                    message=failure[1],
-                    stage="normalize_keys",
-                    query=query,
-                    row=row,
-                    provenance=self._provenance,
-                ),
+            dead = dead_letter(
+                reason=failure[0], message=failure[1], stage="normalize_keys", query=query, row=row, provenance=self._provenance
             )
-            return
-        fields = tuple((name, row[name]) for name in self._fields)
-        # Rank spellings so every run keeps the same one: the key itself first,
-        # then spellings with tidy whitespace, then the smallest.
-        rank = (query != key, " ".join(query.split()) != query, query, json.dumps(fields, default=repr))
-        yield key, (rank, query, fields)
+            yield pvalue.TaggedOutput(DEAD, dead)
+        else:
+            fields = tuple((name, row[name]) for name in self._fields)
+            # Rank spellings so every run keeps the same one: the key itself first,
+            # then spellings with tidy whitespace, then the smallest.
+            rank = (query != key, " ".join(query.split()) != query, query, json.dumps(fields, default=repr))
+            yield key, (rank, query, fields)
 
 
 class _PickRepresentative(beam.CombineFn):

@@ -23,25 +23,28 @@ class _Parse(beam.DoFn):
 
     def process(self, generation: Generation) -> Iterator[Any]:
         request = generation.request
-        if generation.error_reason is None:
-            parsed = parse_output(self._task, generation.text, request.key)
-            if parsed.error is None:
-                yield {
-                    "key": request.key,
-                    "query": request.query,
-                    self._task.output_column: parsed.value,
-                    "raw_output": generation.text,
-                    "source_rows": request.source_rows,
-                    "prompt_tokens": generation.prompt_tokens,
-                    "output_tokens": generation.output_tokens,
-                    "finish_reason": generation.finish_reason,
-                    **self._provenance.columns(),
-                }
-                return
-            reason, message, stage = Reason.UNPARSEABLE_OUTPUT, parsed.error, "parse_predictions"
-        else:
-            reason, message, stage = generation.error_reason, generation.error_message, "generate"
-        yield pvalue.TaggedOutput(
+        if generation.error_reason is not None:
+            yield self._dead(generation, generation.error_reason, generation.error_message, "generate")
+            return
+        parsed = parse_output(self._task, generation.text, request.key)
+        if parsed.error is not None:
+            yield self._dead(generation, Reason.UNPARSEABLE_OUTPUT, parsed.error, "parse_predictions")
+            return
+        yield {
+            "key": request.key,
+            "query": request.query,
+            self._task.output_column: parsed.value,
+            "raw_output": generation.text,
+            "source_rows": request.source_rows,
+            "prompt_tokens": generation.prompt_tokens,
+            "output_tokens": generation.output_tokens,
+            "finish_reason": generation.finish_reason,
+            **self._provenance.columns(),
+        }
+
+    def _dead(self, generation: Generation, reason: str, message: str, stage: str) -> pvalue.TaggedOutput:
+        request = generation.request
+        return pvalue.TaggedOutput(
             DEAD,
             dead_letter(
                 reason=reason,

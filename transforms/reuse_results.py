@@ -9,7 +9,6 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from bulkinfer.errors import Reason
-from bulkinfer.records import QueryGroup
 
 REUSED = "reused"
 REUSED_DEAD = "reused_dead"
@@ -27,22 +26,24 @@ class _Split(beam.DoFn):
 
     def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         _, joined = item
-        if not joined["groups"]:
-            return  # the key left the corpus: it leaves the table too
-        group: QueryGroup = joined["groups"][0]
-        row = next((r for r in joined["previous"] if r.get("fingerprint") == self._fingerprint), None)
-        if row is not None:
-            # The answer and its provenance stay as they were; only the corpus count is today's.
-            yield pvalue.TaggedOutput(REUSED, {**row, "source_rows": group.source_rows})
-            return
-        dead = next(
-            (d for d in joined["previous_dead"] if d.get("fingerprint") == self._fingerprint and d.get("reason") in self._reusable_dead),
-            None,
-        )
-        if dead is not None:
-            yield pvalue.TaggedOutput(REUSED_DEAD, {**dead, "source_rows": group.source_rows})
-            return
-        yield group
+        # No group: the key left the corpus, so it leaves the table too.
+        for group in joined["groups"][:1]:
+            row = next((r for r in joined["previous"] if r.get("fingerprint") == self._fingerprint), None)
+            dead = next(
+                (
+                    d
+                    for d in joined["previous_dead"]
+                    if d.get("fingerprint") == self._fingerprint and d.get("reason") in self._reusable_dead
+                ),
+                None,
+            )
+            if row is not None:
+                # The answer and its provenance stay as they were; only the corpus count is today's.
+                yield pvalue.TaggedOutput(REUSED, {**row, "source_rows": group.source_rows})
+            elif dead is not None:
+                yield pvalue.TaggedOutput(REUSED_DEAD, {**dead, "source_rows": group.source_rows})
+            else:
+                yield group
 
 
 class ReuseResults(beam.PTransform):
