@@ -26,6 +26,8 @@ class Reason:
     """The query cell is null."""
     NOT_A_STRING = "not_a_string"
     """The query cell holds something other than text."""
+    INVALID_UTF8 = "invalid_utf8"
+    """A binary query cell that is not valid UTF-8."""
     EMPTY_QUERY = "empty_query"
     """The query is empty, whitespace-only or only control/invisible characters."""
     PROMPT_TOO_LONG = "prompt_too_long"

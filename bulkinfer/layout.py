@@ -28,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from bulkinfer.errors import TableError
 
 CURRENT = "CURRENT"
+CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions"
 DEAD_LETTER = "dead_letter"
@@ -42,6 +43,11 @@ def valid_version(version: str) -> bool:
 def version_dir(table: str, version: str) -> str:
     """The directory of one version of a table."""
     return FileSystems.join(table, "versions", version)
+
+
+def checkpoint_dir(table: str, run_id: str) -> str:
+    """Where a run checkpoints its generated results in chunks, until it publishes."""
+    return FileSystems.join(table, CHECKPOINTS, run_id)
 
 
 def read_text(path: str) -> str:

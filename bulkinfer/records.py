@@ -10,6 +10,9 @@ import pyarrow as pa
 
 from bulkinfer.tasks import TaskSpec
 
+METRICS_NAMESPACE = "bulkinfer"
+"""Namespace of the job's Beam counters (prompts_generated, engine_starts, ...)."""
+
 SCHEMA_VERSION = 1
 """Bumped when prediction columns change; part of the fingerprint, so rows written
 with an older schema are regenerated rather than reused."""

@@ -12,12 +12,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from bulkinfer.errors import Reason
-from bulkinfer.records import Generation, PromptRequest
+from bulkinfer.records import METRICS_NAMESPACE, Generation, PromptRequest
 from bulkinfer.tasks import SamplingSpec
 from models.engine import EngineConfig
 
 _LOG = logging.getLogger(__name__)
-METRICS_NAMESPACE = "bulkinfer"
 
 
 @dataclass

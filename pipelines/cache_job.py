@@ -28,12 +28,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bulkinfer import layout, quality
 from bulkinfer.errors import ConfigError, GateError, InputError
 from bulkinfer.lock import TableLock
-from bulkinfer.records import SCHEMA_VERSION, Provenance, prediction_schema
+from bulkinfer.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, SCHEMA_VERSION, Provenance, prediction_schema
 from bulkinfer.tasks import TaskSpec, load_task
 from models.engine import EngineConfig, engine_version, fingerprint, model_digest, resolve_model
 from models.gemma import GEMMA_ALIAS
-from models.vllm_handler import METRICS_NAMESPACE, VLLMHandler
+from models.vllm_handler import VLLMHandler
 from transforms.build_prompts import BuildPrompts
+from transforms.checkpoint_results import CheckpointResults
 from transforms.generate import Generate
 from transforms.normalize_keys import NormalizeKeys
 from transforms.parse_predictions import ParsePredictions
@@ -62,6 +63,7 @@ class CacheJobOptions(PipelineOptions):
         parser.add_argument("--max_num_seqs", type=int, default=256, help="sequences the engine runs at once (default 256)")
         parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine call (default 256)")
         parser.add_argument("--full", action="store_true", help="generate every key again instead of reusing the published answers")
+        parser.add_argument("--checkpoint_rows", type=int, default=256, help="generated rows per durable checkpoint chunk (default 256)")
         parser.add_argument("--keep", type=int, default=4, help="versions to keep; older ones are deleted after publish (default 4)")
 
 
@@ -117,6 +119,10 @@ def run(
                 + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
             )
         layout.publish(job.output, plan.provenance.run_id)
+        # Published: every checkpointed result is in the table now (or was superseded).
+        checkpoints = FileSystems.join(job.output, layout.CHECKPOINTS)
+        if FileSystems.exists(checkpoints):
+            FileSystems.delete([checkpoints])
         pruned = layout.prune_versions(job.output, keep=job.keep)
     _LOG.info("published %s version %s: %s (pruned %s)", job.output, plan.provenance.run_id, manifest["counts"], pruned or "none")
     return manifest
@@ -126,22 +132,34 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: _Plan, handler: 
     task, provenance = plan.task, plan.provenance
     rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, [job.query_column, *plan.fields])
     groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance)
-    previous = _read_previous(pipeline, reuse_from, layout.PREDICTIONS)
-    previous_dead = _read_previous(pipeline, reuse_from, layout.DEAD_LETTER)
+    checkpoints = layout.checkpoint_dir(job.output, provenance.run_id)
+    # A --full run regenerates everything, but still resumes its own killed attempt.
+    reuse_checkpoints = checkpoints if job.full else FileSystems.join(job.output, layout.CHECKPOINTS, "*")
+    sources = {
+        "previous": _read_results(pipeline, "Previous", reuse_from, layout.PREDICTIONS),
+        "previous_dead": _read_results(pipeline, "PreviousDead", reuse_from, layout.DEAD_LETTER),
+        "checkpoint": _read_results(pipeline, "Checkpoint", reuse_checkpoints, layout.PREDICTIONS),
+        "checkpoint_dead": _read_results(pipeline, "CheckpointDead", reuse_checkpoints, layout.DEAD_LETTER),
+    }
     greedy = task.sampling.temperature == 0.0
-    to_generate, reused, reused_dead = (groups, previous, previous_dead) | "ReuseResults" >> ReuseResults(provenance.fingerprint, greedy)
+    to_generate, reused, reused_dead = (groups, sources) | "ReuseResults" >> ReuseResults(provenance.fingerprint, greedy)
     generations = to_generate | "BuildPrompts" >> BuildPrompts(task) | "Generate" >> Generate(handler)
     generated, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
+    schema = prediction_schema(task)
+    generated = generated | "CheckpointPredictions" >> CheckpointResults(checkpoints, layout.PREDICTIONS, schema, job.checkpoint_rows)
+    bad_outputs = bad_outputs | "CheckpointDeadLetters" >> CheckpointResults(
+        checkpoints, layout.DEAD_LETTER, DEAD_LETTER_SCHEMA, job.checkpoint_rows
+    )
     predictions = (generated, reused) | "Predictions" >> beam.Flatten()
     dead = (bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten()
-    _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, prediction_schema(task))
+    _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, schema)
 
 
-def _read_previous(pipeline: beam.Pipeline, vdir: str | None, kind: str) -> beam.PCollection:
-    label = "".join(part.title() for part in kind.split("_"))
-    if vdir is None or not layout.shard_paths(vdir, kind):
-        return pipeline | f"NoPrevious{label}" >> beam.Create([])
-    return pipeline | f"ReadPrevious{label}" >> beam.io.ReadFromParquet(f"{vdir}/{kind}-*.parquet")
+def _read_results(pipeline: beam.Pipeline, label: str, directory: str | None, kind: str) -> beam.PCollection:
+    pattern = FileSystems.join(directory, f"{kind}-*.parquet") if directory else None
+    if pattern is None or not FileSystems.match([pattern])[0].metadata_list:
+        return pipeline | f"No{label}" >> beam.Create([])
+    return pipeline | f"Read{label}" >> beam.io.ReadFromParquet(pattern)
 
 
 @dataclass(frozen=True)
@@ -161,9 +179,18 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> _Plan:
             raise ConfigError(f"--{flag} is required")
     if job.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {job.batch_size}")
+    if job.checkpoint_rows < 1:
+        raise ConfigError(f"--checkpoint_rows must be >= 1, got {job.checkpoint_rows}")
     if job.keep < 1:
         raise ConfigError(f"--keep must be >= 1 (the published version is always kept), got {job.keep}")
     task = load_task(job.task)
+    if job.max_model_len is not None and job.max_model_len <= task.sampling.max_tokens:
+        raise ConfigError(
+            f"--max_model_len {job.max_model_len} leaves no room for a prompt: task {task.name} generates up to "
+            f"sampling.max_tokens={task.sampling.max_tokens} tokens; raise --max_model_len"
+        )
+    if os.path.abspath(job.output) == os.path.abspath(job.input) or (job.input.rstrip("/") + "/").startswith(job.output.rstrip("/") + "/"):
+        raise ConfigError(f"--output {job.output} and --input {job.input} overlap; write the table somewhere else")
     fields = sorted(task.template.fields())
     input_pattern, rows_in = inspect_input(job.input, job.query_column, fields)
     run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -226,7 +253,8 @@ def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str,
         query_type = schema.field(query_column).type
         if pa.types.is_dictionary(query_type):
             query_type = query_type.value_type
-        if not (pa.types.is_string(query_type) or pa.types.is_large_string(query_type) or pa.types.is_null(query_type)):
+        textual = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary, pa.types.is_null)
+        if not any(is_type(query_type) for is_type in textual):
             raise InputError(
                 f"--input {meta.path}: column {query_column!r} is {query_type}, not text; pick the text column with --query_column"
             )
@@ -305,6 +333,7 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
             "dead_letter_records": sum(dead_records.values()),
             "reused": reused,
             "reused_dead_letters": reused_dead,
+            "resumed_from_checkpoints": _counter(result, "resumed_from_checkpoints"),
             "generated": _counter(result, "prompts_generated"),
             "engine_starts": _counter(result, "engine_starts"),
         },

@@ -23,20 +23,7 @@ class _KeyRow(beam.DoFn):
         self._provenance = provenance
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        query = row.get(self._query_column)
-        failure = None
-        if query is None:
-            failure = (Reason.NULL_QUERY, f"column {self._query_column!r} is null")
-        elif not isinstance(query, str):
-            failure = (Reason.NOT_A_STRING, f"column {self._query_column!r} holds {type(query).__name__}, not text")
-        else:
-            key = normalize_key(query)
-            if not key:
-                failure = (Reason.EMPTY_QUERY, "query is empty after normalisation (blank, whitespace or control characters)")
-            else:
-                missing = [name for name in self._fields if row.get(name) is None]
-                if missing:
-                    failure = (Reason.MISSING_FIELD, f"template column {missing[0]!r} is null")
+        query, key, failure = self._diagnose(row)
         if failure:
             dead = dead_letter(
                 reason=failure[0], message=failure[1], stage="normalize_keys", query=query, row=row, provenance=self._provenance
@@ -48,6 +35,27 @@ class _KeyRow(beam.DoFn):
             # then spellings with tidy whitespace, then the smallest.
             rank = (query != key, " ".join(query.split()) != query, query, json.dumps(fields, default=repr))
             yield key, (rank, query, fields)
+
+    def _diagnose(self, row: dict[str, Any]) -> tuple[Any, str, tuple[str, str] | None]:
+        """Returns the query text, its key, and why the row cannot be used (None if it can)."""
+        column = self._query_column
+        query = row.get(column)
+        if isinstance(query, bytes):
+            try:
+                query = query.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return query, "", (Reason.INVALID_UTF8, f"column {column!r} is not valid UTF-8 ({e.reason} at byte {e.start})")
+        if query is None:
+            return query, "", (Reason.NULL_QUERY, f"column {column!r} is null")
+        if not isinstance(query, str):
+            return query, "", (Reason.NOT_A_STRING, f"column {column!r} holds {type(query).__name__}, not text")
+        key = normalize_key(query)
+        if not key:
+            return query, key, (Reason.EMPTY_QUERY, "query is empty after normalisation (blank, whitespace or control characters)")
+        missing = [name for name in self._fields if row.get(name) is None]
+        if missing:
+            return query, key, (Reason.MISSING_FIELD, f"template column {missing[0]!r} is null")
+        return query, key, None
 
 
 class _PickRepresentative(beam.CombineFn):

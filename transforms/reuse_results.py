@@ -1,4 +1,4 @@
-"""ReuseResults: carry forward the previous version's results for keys whose fingerprint is unchanged."""
+"""ReuseResults: carry forward earlier results for keys whose fingerprint is unchanged."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 
 from bulkinfer.errors import Reason
+from bulkinfer.records import METRICS_NAMESPACE
 
 REUSED = "reused"
 REUSED_DEAD = "reused_dead"
@@ -23,38 +25,48 @@ class _Split(beam.DoFn):
     def __init__(self, fingerprint: str, greedy: bool):
         self._fingerprint = fingerprint
         self._reusable_dead = _DETERMINISTIC if greedy else {Reason.PROMPT_TOO_LONG}
+        self._resumed = Metrics.counter(METRICS_NAMESPACE, "resumed_from_checkpoints")
 
     def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         _, joined = item
         # No group: the key left the corpus, so it leaves the table too.
         for group in joined["groups"][:1]:
-            row = next((r for r in joined["previous"] if r.get("fingerprint") == self._fingerprint), None)
-            dead = next(
-                (
-                    d
-                    for d in joined["previous_dead"]
-                    if d.get("fingerprint") == self._fingerprint and d.get("reason") in self._reusable_dead
-                ),
-                None,
-            )
-            if row is not None:
+            found = self._first(joined, "previous", "checkpoint", lambda r: True)
+            dead = self._first(joined, "previous_dead", "checkpoint_dead", lambda d: d.get("reason") in self._reusable_dead)
+            if found is not None:
                 # The answer and its provenance stay as they were; only the corpus count is today's.
-                yield pvalue.TaggedOutput(REUSED, {**row, "source_rows": group.source_rows})
+                yield pvalue.TaggedOutput(REUSED, {**found, "source_rows": group.source_rows})
             elif dead is not None:
                 yield pvalue.TaggedOutput(REUSED_DEAD, {**dead, "source_rows": group.source_rows})
             else:
                 yield group
 
+    def _first(self, joined: dict[str, list[Any]], published: str, checkpointed: str, usable: Any) -> dict[str, Any] | None:
+        for source in (published, checkpointed):
+            for row in joined[source]:
+                if row.get("fingerprint") == self._fingerprint and usable(row):
+                    if source == checkpointed:
+                        self._resumed.inc()
+                    return row
+        return None
+
+
+SOURCES = ("previous", "previous_dead", "checkpoint", "checkpoint_dead")
+"""The result sources ``ReuseResults`` joins, by name."""
+
 
 class ReuseResults(beam.PTransform):
-    """Splits keys into those that need generating and results reused from the previous version.
+    """Splits keys into those that need generating and results reused from earlier work.
 
-    A key is reused when the previous version has a prediction for it with the same
-    fingerprint (task spec, model, sampling, engine version): the answer would be the
-    same, so the engine is not asked again. A key whose previous result was a
-    deterministic dead letter (``prompt_too_long``; ``unparseable_output`` under greedy
-    decoding) with the same fingerprint keeps that dead letter. Returns
-    ``(to_generate, reused_predictions, reused_dead_letters)``.
+    Earlier work is the published version (``previous``, ``previous_dead``) and the
+    chunks that runs checkpointed while generating (``checkpoint``,
+    ``checkpoint_dead``), including those of a run that was killed. A key is reused
+    when one of them holds a prediction with the same fingerprint (task spec, model,
+    sampling, engine version): the answer would be the same, so the engine is not
+    asked again. A key whose earlier result was a deterministic dead letter
+    (``prompt_too_long``; ``unparseable_output`` under greedy decoding) with the same
+    fingerprint keeps that dead letter. Returns ``(to_generate, reused_predictions,
+    reused_dead_letters)``.
     """
 
     def __init__(self, fingerprint: str, greedy: bool):
@@ -66,16 +78,17 @@ class ReuseResults(beam.PTransform):
         self._fingerprint = fingerprint
         self._greedy = greedy
 
-    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection, beam.PCollection]) -> tuple[beam.PCollection, ...]:
-        groups, previous, previous_dead = inputs
+    def expand(self, inputs: tuple[beam.PCollection, dict[str, beam.PCollection]]) -> tuple[beam.PCollection, ...]:
+        groups, sources = inputs
+        keyed = {"groups": groups | "KeyGroups" >> beam.Map(lambda g: (g.key, g))}
+        for name in SOURCES:
+            keyed[name] = (
+                sources[name]
+                | f"Keyed_{name}" >> beam.Filter(lambda row: row.get("key") is not None)
+                | f"Key_{name}" >> beam.Map(lambda row: (row["key"], row))
+            )
         split = (
-            {
-                "groups": groups | "KeyGroups" >> beam.Map(lambda g: (g.key, g)),
-                "previous": previous | "KeyPrevious" >> beam.Map(lambda row: (row["key"], row)),
-                "previous_dead": previous_dead
-                | "KeyedDeadOnly" >> beam.Filter(lambda row: row.get("key") is not None)
-                | "KeyPreviousDead" >> beam.Map(lambda row: (row["key"], row)),
-            }
+            keyed
             | "JoinOnKey" >> beam.CoGroupByKey()
             | "Split" >> beam.ParDo(_Split(self._fingerprint, self._greedy)).with_outputs(REUSED, REUSED_DEAD, main="to_generate")
         )

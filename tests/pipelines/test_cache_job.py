@@ -39,6 +39,7 @@ def test_publishes_a_versioned_table(tmp_path):
         "dead_letter_records": 4,
         "reused": 0,
         "reused_dead_letters": 0,
+        "resumed_from_checkpoints": 0,
         "generated": 3,
         "engine_starts": 0,  # the fake handler starts no engine
     }

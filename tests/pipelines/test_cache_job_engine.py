@@ -27,10 +27,8 @@ def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus") / "queries.parquet", QUERIES)
 
 
-@pytest.fixture(scope="module")
-def in_process(tiny_model, corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("in-process") / "table"
-    argv = [
+def _argv(corpus, out, model, *extra):
+    return [
         "--task",
         "synonyms",
         "--input",
@@ -38,13 +36,19 @@ def in_process(tiny_model, corpus, tmp_path_factory):
         "--output",
         str(out),
         "--model",
-        str(tiny_model),
+        str(model),
         "--max_model_len",
         "512",
         "--dtype",
         "float32",
+        *extra,
     ]
-    return out, run(argv)
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_model, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("in-process") / "table"
+    return out, run(_argv(corpus, out, tiny_model))
 
 
 def test_real_engine_job_publishes_every_row_accounted_for(in_process):
@@ -63,25 +67,8 @@ def test_real_engine_job_publishes_every_row_accounted_for(in_process):
 
 def test_multi_process_direct_runner_gives_the_same_table(in_process, tiny_model, corpus, tmp_path):
     out, _ = in_process
-    argv = [
-        "--task",
-        "synonyms",
-        "--input",
-        str(corpus),
-        "--output",
-        str(tmp_path / "table"),
-        "--model",
-        str(tiny_model),
-        "--max_model_len",
-        "512",
-        "--dtype",
-        "float32",
-        "--direct_running_mode",
-        "multi_processing",
-        "--direct_num_workers",
-        "2",
-    ]
-    manifest = run(argv)
+    workers = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    manifest = run(_argv(corpus, tmp_path / "table", tiny_model, *workers))
     assert manifest["counts"]["keys"] == 5
     assert manifest["counts"]["rows_in_table"] + manifest["counts"]["rows_dead"] == len(QUERIES)
     assert _predictions(tmp_path / "table") == _predictions(out)
@@ -89,8 +76,8 @@ def test_multi_process_direct_runner_gives_the_same_table(in_process, tiny_model
 
 def test_rerun_of_an_unchanged_corpus_starts_no_engine(in_process, tiny_model, corpus):
     out, first = in_process
-    argv = ["--task", "synonyms", "--input", str(corpus), "--output", str(out), "--model", str(tiny_model)]
-    again = run([*argv, "--max_model_len", "512", "--dtype", "float32", "--run_id", "rerun"])
+    again = run(_argv(corpus, out, tiny_model, "--run_id", "rerun"))
     assert again["counts"]["generated"] == 0 and again["counts"]["engine_starts"] == 0
     assert again["counts"]["reused"] == first["counts"]["keys"]
+    assert again["counts"]["reused_dead_letters"] == 1, "the too-long prompt keeps its dead letter without a tokenizer pass"
     assert again["wall_seconds"] < first["wall_seconds"]

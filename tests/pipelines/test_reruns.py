@@ -194,5 +194,6 @@ def test_kill_between_writing_and_publishing_leaves_the_old_version_published(tm
     assert len(open_table(str(table))) == 20
     assert (table / "LOCK").exists(), "a killed run leaves its lock behind"
     rerun = run(argv, model_handler=FakeHandler())  # same run id: the dead run's lock is taken over, its leftovers replaced
-    assert rerun["version"] == "r2" and rerun["counts"]["generated"] == 10 and rerun["counts"]["reused"] == 20
+    assert rerun["version"] == "r2" and rerun["counts"]["reused"] == 20
+    assert rerun["counts"]["generated"] == 0 and rerun["counts"]["resumed_from_checkpoints"] == 10
     assert layout.read_current(str(table)) == "r2" and len(open_table(str(table))) == 30
