@@ -7,16 +7,16 @@ so ``"  Covid   VACCINE "`` and ``"covid vaccine"`` meet at the same key.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Invisible characters that carry no meaning in a search query but make two
 # identical-looking strings differ. Zero-width (non-)joiners are deliberately
 # absent: they change how Devanagari, Arabic and Persian words are spelt.
-_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u2060\ufeff\u180e"), None)
-
-
-def _is_control(ch: str) -> bool:
-    return unicodedata.category(ch) == "Cc" and not ch.isspace()
+_INVISIBLE = "\u00ad\u200b\u2060\ufeff\u180e"
+# Control characters (Unicode category Cc) that are not whitespace; the whitespace
+# ones (tab, line breaks, \x1c-\x1f, \x85) become spaces when whitespace collapses.
+_DROP = re.compile(f"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f{_INVISIBLE}]")
 
 
 def normalize_key(text: str) -> str:
@@ -34,6 +34,9 @@ def normalize_key(text: str) -> str:
     Returns:
         The normalised key.
     """
+    if text.isascii():
+        # ASCII is already NFKC and folds by lower(); most queries take this path.
+        return " ".join(_DROP.sub("", text).lower().split())
     key = _one_pass(text)
     # Case folding can expose characters that NFKC composes differently (and the
     # reverse); repeating until nothing changes makes the function idempotent.
@@ -47,5 +50,4 @@ def normalize_key(text: str) -> str:
 
 def _one_pass(text: str) -> str:
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    kept = (ch for ch in folded.translate(_INVISIBLE) if not _is_control(ch))
-    return " ".join("".join(kept).split())
+    return " ".join(_DROP.sub("", folded).split())

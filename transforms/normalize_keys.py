@@ -33,7 +33,7 @@ class _KeyRow(beam.DoFn):
             fields = tuple((name, row[name]) for name in self._fields)
             # Rank spellings so every run keeps the same one: the key itself first,
             # then spellings with tidy whitespace, then the smallest.
-            rank = (query != key, " ".join(query.split()) != query, query, json.dumps(fields, default=repr))
+            rank = (query != key, " ".join(query.split()) != query, query, json.dumps(fields, default=repr) if fields else "")
             yield key, (rank, query, fields)
 
     def _diagnose(self, row: dict[str, Any]) -> tuple[Any, str, tuple[str, str] | None]:

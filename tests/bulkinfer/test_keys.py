@@ -49,3 +49,10 @@ def test_key_has_no_control_characters_or_stray_whitespace(text):
     assert "  " not in key
     assert not any(unicodedata.category(ch) == "Cc" for ch in key)
     assert all(ch == " " or not ch.isspace() for ch in key)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_fast_path_agrees_with_the_unicode_path(text):
+    from bulkinfer.keys import _one_pass
+
+    assert normalize_key(text) == _one_pass(text)
