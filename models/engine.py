@@ -24,7 +24,8 @@ class EngineConfig:
     """Context length in tokens; None takes the model's own. Prompts that do not fit
     with ``max_tokens`` to spare are dead-lettered as ``prompt_too_long``."""
     dtype: str = "auto"
-    """Weights and activations dtype: auto, bfloat16, float16 or float32."""
+    """Weights and activations dtype: auto, bfloat16, float16 or float32. ``auto`` is
+    float32 on CPU and the model's own dtype on GPU."""
     kv_cache_gib: float = 1.0
     """KV cache per engine in GiB (host memory on CPU, GPU memory on GPU)."""
     gpu_memory_utilization: float = 0.9
@@ -57,7 +58,9 @@ class EngineConfig:
         """Keyword arguments for ``vllm.LLM``."""
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "dtype": self.dtype,
+            # On CPU, float32 generated 4x faster than the bf16 Gemma weights' own
+            # dtype on an AVX2 machine (24 prompts: 10 s vs 42 s); "auto" means float32 there.
+            "dtype": "float32" if on_cpu and self.dtype == "auto" else self.dtype,
             "max_num_seqs": self.max_num_seqs,
             "tensor_parallel_size": self.tensor_parallel_size,
             "seed": self.seed,

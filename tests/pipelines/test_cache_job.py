@@ -118,6 +118,9 @@ def _corrupt(tmp_path):
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--task", "nope"], ConfigError, r"unknown task 'nope'"),
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--run_id", "../x"], ConfigError, r"--run_id must be"),
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--batch_size", "0"], ConfigError, r"--batch_size must be >= 1"),
+        (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--max_model_len", "48"], ConfigError, r"--max_model_len 48 leaves no room"),
+        (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--checkpoint_rows", "0"], ConfigError, r"--checkpoint_rows must be >= 1"),
+        (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--keep", "0"], ConfigError, r"--keep must be >= 1"),
     ],
 )
 def test_bad_input_fails_before_any_work(tmp_path, make_input, extra, error, match):
@@ -125,6 +128,28 @@ def test_bad_input_fails_before_any_work(tmp_path, make_input, extra, error, mat
     with pytest.raises(error, match=match):
         run(argv, model_handler=FakeHandler())
     assert not (tmp_path / "table" / "versions").exists()
+
+
+def test_output_overlapping_the_input_is_refused(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_corpus(corpus / "q.parquet", ["a"])
+    with pytest.raises(ConfigError, match=r"overlap"):
+        run(["--task", "synonyms", "--input", str(corpus), "--output", str(corpus), "--model", "m"], model_handler=FakeHandler())
+
+
+class _LosingHandler(FakeHandler):
+    """Loses one answer per batch: a bug the row accounting must catch."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        return super().run_inference(batch, model, inference_args)[1:]
+
+
+def test_row_accounting_mismatch_fails_instead_of_publishing(tmp_path):
+    _run(tmp_path, extra=["--run_id", "r1"])
+    with pytest.raises(RuntimeError, match=r"row accounting failed: 9 input rows, but \d+ behind table keys"):
+        _run(tmp_path, extra=["--run_id", "r2", "--full"], handler=_LosingHandler())
+    assert layout.read_current(str(tmp_path / "table")) == "r1"
 
 
 def test_missing_model_path_is_a_config_error(tmp_path):
