@@ -43,18 +43,7 @@ def main() -> None:
         keys = [f"query {n} {n * 7919 % 1000}" for n in range(args.rows)]
         n_new = int(args.rows * args.new_share)
         week2 = keys[n_new:] + [f"new query {n}" for n in range(n_new)]
-        common = [
-            "--task",
-            "synonyms",
-            "--output",
-            str(root / "table"),
-            "--model",
-            str(model),
-            "--max_model_len",
-            "512",
-            "--dtype",
-            "float32",
-        ]
+        common = ["--task", "synonyms", "--output", str(root / "table"), "--model", str(model), "--max_model_len", "512"]
         figures = {"rows": args.rows, "new_keys": n_new}
         for label, data, run_id in (("full", keys, "w1"), ("rerun_10pct_new", week2, "w2"), ("rerun_unchanged", week2, "w3")):
             start = time.perf_counter()

@@ -28,21 +28,7 @@ def corpus(tmp_path_factory):
 
 
 def _argv(corpus, out, model, *extra):
-    return [
-        "--task",
-        "synonyms",
-        "--input",
-        str(corpus),
-        "--output",
-        str(out),
-        "--model",
-        str(model),
-        "--max_model_len",
-        "512",
-        "--dtype",
-        "float32",
-        *extra,
-    ]
+    return ["--task", "synonyms", "--input", str(corpus), "--output", str(out), "--model", str(model), "--max_model_len", "512", *extra]
 
 
 @pytest.fixture(scope="module")
