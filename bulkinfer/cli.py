@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -57,6 +58,9 @@ def _run(argv: list[str]) -> int:
         CacheJobOptions._add_argparse_args(parser)
         parser.print_help()
         return 0
+    # vLLM logs every engine step of its start at INFO; the job's own progress is what a
+    # data engineer reads. VLLM_LOGGING_LEVEL=INFO brings it back.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("bulkinfer", "pipelines", "models", "transforms"):
         logging.getLogger(name).setLevel(logging.INFO)

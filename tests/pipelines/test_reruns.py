@@ -72,11 +72,12 @@ def test_unchanged_corpus_generates_nothing(tmp_path):
 
 
 def test_deterministic_dead_letters_are_carried_not_retried(tmp_path):
-    handler = FakeHandler(answers={"query 1": " not parseable as a label"}, too_long=["query 2"])
+    answers = {"query 0": " drupe", "query 1": " not a label", "query 3": " pome", "query 4": " berry"}
+    handler = FakeHandler(answers=answers, too_long=["query 2"])
     first = _job(tmp_path, KEYS[:5], "r1", task="classify", handler=handler)
-    assert first["dead_letter_reasons"] == {"prompt_too_long": 1, "unparseable_output": 4}
+    assert first["dead_letter_reasons"] == {"prompt_too_long": 1, "unparseable_output": 1}
     again = _job(tmp_path, KEYS[:5], "r2", task="classify", handler=handler)
-    assert again["counts"]["generated"] == 0 and again["counts"]["reused_dead_letters"] == 5
+    assert again["counts"]["generated"] == 0 and again["counts"]["reused_dead_letters"] == 2
     assert again["dead_letter_reasons"] == first["dead_letter_reasons"]
 
 
