@@ -53,8 +53,7 @@ class TemplateSpec:
 
     def fields(self) -> set[str]:
         """Names the ``query`` template reads from the row, besides ``query``."""
-        names = {name for _, name, _, _ in string.Formatter().parse(self.query) if name}
-        return names - {"query"}
+        return _placeholders("template.query", self.query) - {"query", ""}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ Beam flags (``--runner``, ``--direct_num_workers``, Dataflow options, ...) pass 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler
@@ -240,10 +238,7 @@ def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str,
     rows = 0
     for meta in sorted(matched, key=lambda m: m.path):
         try:
-            remote = "://" in meta.path
-            with layout.open_binary(meta.path) if remote else contextlib.nullcontext(meta.path) as source:
-                parquet = pq.ParquetFile(source)
-                schema, file_rows = parquet.schema_arrow, parquet.metadata.num_rows
+            schema, file_rows = layout.parquet_schema(meta.path)
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"--input {meta.path} is not a readable Parquet file: {e}") from e
         for column in [query_column, *fields]:
@@ -308,9 +303,10 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
         )
     before = None
     if previous is not None:
-        before = layout.read_shards(layout.version_dir(job.output, previous), layout.PREDICTIONS)
-        if before is not None and task.output_column in before.column_names:
-            before = before.select(["key", task.output_column])
+        previous_dir = layout.version_dir(job.output, previous)
+        # Churn compares outputs of the same kind: only when the published version has this output column.
+        if layout.read_manifest(previous_dir).get("output_column") == task.output_column:
+            before = layout.read_shards(previous_dir, layout.PREDICTIONS, ["key", task.output_column])
     measured = quality.measure(task, rows, dead_records, before)
     failed = quality.failed_gates(task, measured)
     manifest = {
