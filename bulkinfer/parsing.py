@@ -13,6 +13,7 @@ from bulkinfer.tasks import TaskSpec
 _LEADING = re.compile(r"^(?:[-*•·]+|\d{1,3}[.)])\s+")
 _WRAPPING = "\"'`“”‘’«»()[]{} \t"
 _TRAILING = ".;:!?"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:
     items: list[str] = []
     seen = {key}
     for piece in pieces:
+        piece = _CONTROL.sub("", piece)
         item = _LEADING.sub("", piece.strip()).strip(_WRAPPING).rstrip(_TRAILING).strip(_WRAPPING)
         item = " ".join(item.split())
         item_key = normalize_key(item)
@@ -87,10 +89,12 @@ def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:
 
 def _parse_json(task: TaskSpec, answer: str, key: str) -> Parsed:
     try:
-        value = json.loads(answer)
+        # strict=False: grammar engines (xgrammar in vLLM) let raw control characters
+        # into JSON strings, which strict JSON forbids; the items are cleaned below.
+        value = json.loads(answer, strict=False)
     except json.JSONDecodeError as e:
         # Under a JSON-schema constraint only a cut-off answer gets here.
-        return Parsed(error=f"output is not complete JSON ({e.msg} at character {e.pos}); raise sampling.max_tokens if it was cut off")
+        return Parsed(error=f"output is not complete JSON ({e.msg}, character {e.pos}); raise sampling.max_tokens if it was cut off")
     field = task.parser.json_field
     if field is not None:
         if not isinstance(value, dict) or field not in value:

@@ -36,6 +36,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two LoRA adapters (PEFT format) for the tiny model, with different seeded random weights."""
+    from models.tiny import build_tiny_lora
+
+    root = tmp_path_factory.mktemp("tiny-loras")
+    return [build_tiny_lora(tiny_model, root / f"lora{seed}", seed=seed) for seed in (1, 2)]
+
+
 def write_corpus(path: Path, queries: list, **columns: list) -> Path:
     """Writes a Parquet corpus with a ``query`` column (and others) to ``path``."""
     table = pa.table({"query": pa.array(queries, pa.string()), **columns})

@@ -122,6 +122,14 @@ def _corrupt(tmp_path):
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--max_model_len", "48"], ConfigError, r"--max_model_len 48 leaves no room"),
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--checkpoint_rows", "0"], ConfigError, r"--checkpoint_rows must be >= 1"),
         (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--keep", "0"], ConfigError, r"--keep must be >= 1"),
+        (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--sample", "0"], ConfigError, r"--sample must be >= 1"),
+        (lambda t: write_corpus(t / "q.parquet", ["a"]), ["--adapter", "/no/such/lora"], ConfigError, r"has no adapter_config.json"),
+        (
+            lambda t: write_corpus(t / "q.parquet", ["a"]),
+            ["--adapter", "bad name=/x"],
+            ConfigError,
+            r"the name must be letters",
+        ),
     ],
 )
 def test_bad_input_fails_before_any_work(tmp_path, make_input, extra, error, match):
@@ -220,3 +228,25 @@ def test_cli_user_errors_are_one_line_without_traceback(args, match):
     done = _cli(*args)
     assert done.returncode == 2
     assert match in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sample_runs_the_same_keys_every_time_and_accounts_for_the_rest(tmp_path):
+    queries = [f"query {i}" for i in range(40)] + ["Query 1", None]
+    first = _run(tmp_path, queries=queries, extra=["--sample", "10", "--run_id", "s1"])
+    counts = first["counts"]
+    assert counts["keys"] == 10 and counts["generated"] == 10 and first["sample"] == 10
+    assert counts["rows_in_table"] + counts["rows_dead"] + counts["rows_not_sampled"] == counts["rows_in"] == 42
+    assert counts["rows_dead"] == 1
+    sampled = _keys(tmp_path / "table", "s1")
+    assert len(sampled) == 10
+    # Another run over a corpus with more rows of the same keys samples the same keys.
+    other = tmp_path / "other"
+    other.mkdir()
+    again = _run(other, queries=list(reversed(queries)) + ["QUERY 3"], extra=["--sample", "10", "--run_id", "s2"])
+    assert again["counts"]["keys"] == 10 and _keys(other / "table", "s2") == sampled
+
+
+def _keys(table_dir, version):
+    return {
+        row["key"] for shard in (table_dir / "versions" / version).glob("predictions-*.parquet") for row in pq.read_table(shard).to_pylist()
+    }

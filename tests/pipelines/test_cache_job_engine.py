@@ -67,3 +67,41 @@ def test_rerun_of_an_unchanged_corpus_starts_no_engine(in_process, tiny_model, c
     assert again["counts"]["reused"] == first["counts"]["keys"]
     assert again["counts"]["reused_dead_letters"] == 1, "the too-long prompt keeps its dead letter without a tokenizer pass"
     assert again["wall_seconds"] < first["wall_seconds"]
+
+
+def test_several_lora_adapters_one_engine_one_table_each(in_process, tiny_model, tiny_loras, corpus, tmp_path):
+    base_out, _ = in_process
+    out = tmp_path / "tuned"
+    adapters = [f"--adapter=lora{i}={path}" for i, path in enumerate(tiny_loras)]
+    result = run(_argv(corpus, out, tiny_model, *adapters, "--run_id", "v1"))
+    manifests = result["tables"]
+    assert sorted(manifests) == [str(out / "lora0"), str(out / "lora1")]
+    first, second = manifests[str(out / "lora0")], manifests[str(out / "lora1")]
+    assert first["counts"]["engine_starts"] == 1 and second["counts"]["engine_starts"] == 0, "the second table reuses the engine"
+    assert first["counts"]["generated"] == second["counts"]["generated"] == 5
+    tables = {name: _predictions(out / name) for name in ("lora0", "lora1")}
+    base = _predictions(base_out)
+    assert tables["lora0"].keys() == tables["lora1"].keys() == base.keys()
+    assert tables["lora0"] != base and tables["lora1"] != base and tables["lora0"] != tables["lora1"]
+    rows = pq.read_table(next((out / "lora1").glob("versions/v1/predictions-*.parquet"))).to_pylist()
+    assert rows and {(r["adapter"], len(r["adapter_digest"])) for r in rows} == {("lora1", 16)}
+    assert first["adapter_path"] == str(tiny_loras[0]) and first["task_fingerprint"] != second["task_fingerprint"]
+
+    again = run(_argv(corpus, out, tiny_model, *adapters, "--run_id", "v2"))["tables"]
+    assert [m["counts"]["generated"] for m in again.values()] == [0, 0]
+    assert [m["counts"]["engine_starts"] for m in again.values()] == [0, 0]
+
+
+def test_chat_task_on_a_model_without_chat_template_fails_before_any_work(tiny_model, corpus, tmp_path):
+    import shutil
+
+    from bulkinfer.errors import ConfigError
+
+    plain = tmp_path / "no-template"
+    shutil.copytree(tiny_model, plain)
+    (plain / "chat_template.jinja").unlink()
+    spec = tmp_path / "chat.yaml"
+    spec.write_text("name: chatsyn\noutput: list\nformat: chat\ninstruction: List synonyms.\ntemplate: {query: '{query}'}\n")
+    with pytest.raises(ConfigError, match="has format: chat, but --model .* has no chat template"):
+        run(["--task", str(spec), "--input", str(corpus), "--output", str(tmp_path / "t"), "--model", str(plain)])
+    assert not (tmp_path / "t" / "CURRENT").exists()
