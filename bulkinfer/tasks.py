@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -246,6 +247,32 @@ def load_task(name_or_path: str) -> TaskSpec:
         raise ConfigError(f"{where}: a task spec must be a mapping of fields, got {type(raw).__name__}")
     try:
         return _build(TaskSpec, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def task_from_dict(spec: Mapping[str, Any], where: str = "task spec") -> TaskSpec:
+    """Rebuilds a task spec from its ``dataclasses.asdict`` form, validated like :func:`load_task`.
+
+    The job stores the spec of every version in its manifest (``task_spec``), so
+    readers such as ``bulkinfer export-training`` render prompts with the spec that
+    produced the table, not with whatever the YAML file says today.
+
+    Args:
+        spec: a mapping of task fields, e.g. ``manifest["task_spec"]`` (JSON lists
+            stand for tuples).
+        where: what to name in error messages.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        ConfigError: the mapping is not a valid task spec; the message names the field.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: a task spec must be a mapping of fields, got {type(spec).__name__}")
+    try:
+        return _build(TaskSpec, dict(spec), "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
 
