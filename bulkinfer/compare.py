@@ -188,12 +188,13 @@ def compare_tables(table_a: str, table_b: str, version_a: str | None = None, ver
         exact = pc.equal(pc.fill_null(out_a, ""), pc.fill_null(out_b, ""))
     n_exact = int(pc.sum(exact).as_py() or 0)
     differ = pc.invert(exact)
-    picked = _Sample(sample)
+    keys_d, a_d, b_d = keys.filter(differ), out_a.filter(differ), out_b.filter(differ)
+    values: list[float] | None = None
     jaccard: dict[str, float | None] = {"mean": None, "median": None, "at_least_half": None, "same_set": None}
     if kind == "list":
-        jaccard = _jaccard(keys.filter(differ), out_a.filter(differ), out_b.filter(differ), n_exact, shared, picked)
-    else:
-        _pick_labels(keys.filter(differ), out_a.filter(differ), out_b.filter(differ), picked)
+        values = _jaccard_values(a_d, b_d)
+        jaccard = _jaccard_measures(values, n_exact, shared)
+    picked = _sample(keys_d, a_d, b_d, values, sample)
     return Comparison(
         a=side_a,
         b=side_b,
@@ -213,7 +214,7 @@ def compare_tables(table_a: str, table_b: str, version_a: str | None = None, ver
         stats_a=_stats(kind, out_a, tokens_a),
         stats_b=_stats(kind, out_b, tokens_b),
         disagreements=shared - n_exact,
-        sample=picked.result(),
+        sample=picked,
         seconds=round(time.perf_counter() - started, 3),
     )
 
@@ -302,25 +303,22 @@ def _joined(lists: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.fill_null(pc.binary_join(lists, _UNIT_SEPARATOR), "")
 
 
-def _jaccard(
-    keys: pa.ChunkedArray, out_a: pa.ChunkedArray, out_b: pa.ChunkedArray, n_exact: int, shared: int, picked: _Sample
-) -> dict[str, float | None]:
-    """Jaccard measures over all shared keys; ``keys``/``out_*`` hold only the rows that are not identical."""
+def _jaccard_values(out_a: pa.ChunkedArray, out_b: pa.ChunkedArray) -> list[float]:
+    """Jaccard of the normalised item sets, row by row (both empty: 1, one empty: 0)."""
+    norm_a, norm_b = _normalised_items(out_a), _normalised_items(out_b)
+    values: list[float] = []
+    for start in range(0, len(norm_a), _SLICE):
+        for a, b in zip(norm_a.slice(start, _SLICE).to_pylist(), norm_b.slice(start, _SLICE).to_pylist(), strict=True):
+            set_a, set_b = set(a or ()), set(b or ())
+            union = len(set_a | set_b)
+            values.append(len(set_a & set_b) / union if union else 1.0)
+    return values
+
+
+def _jaccard_measures(values: list[float], n_exact: int, shared: int) -> dict[str, float | None]:
+    """Measures over all shared keys; ``values`` holds the rows that are not identical (identical ones have Jaccard 1)."""
     if not shared:
         return {"mean": None, "median": None, "at_least_half": None, "same_set": None}
-    values: list[float] = []
-    for start in range(0, len(keys), _SLICE):
-        chunk_keys = keys.slice(start, _SLICE).to_pylist()
-        chunk_a = out_a.slice(start, _SLICE).to_pylist()
-        chunk_b = out_b.slice(start, _SLICE).to_pylist()
-        for key, a, b in zip(chunk_keys, chunk_a, chunk_b, strict=True):
-            set_a = {normalize_key(item) for item in a or ()}
-            set_b = {normalize_key(item) for item in b or ()}
-            union = len(set_a | set_b)
-            value = len(set_a & set_b) / union if union else 1.0
-            values.append(value)
-            picked.offer(key, a, b, value)
-    # Identical lists have Jaccard 1; they are counted without being converted.
     everything = pa.concat_arrays([pa.array(values, pa.float64()), pa.array([1.0] * n_exact, pa.float64())])
     median = pc.quantile(everything, q=0.5, interpolation="midpoint")[0].as_py()
     return {
@@ -331,39 +329,43 @@ def _jaccard(
     }
 
 
-def _pick_labels(keys: pa.ChunkedArray, out_a: pa.ChunkedArray, out_b: pa.ChunkedArray, picked: _Sample) -> None:
-    if not picked.size:
-        return
-    for start in range(0, len(keys), _SLICE):
-        chunk = zip(
-            keys.slice(start, _SLICE).to_pylist(),
-            out_a.slice(start, _SLICE).to_pylist(),
-            out_b.slice(start, _SLICE).to_pylist(),
-            strict=True,
-        )
-        for key, a, b in chunk:
-            picked.offer(key, a, b, None)
+# normalize_key on ASCII text, as Arrow kernels: drop ASCII control characters, lower-case,
+# collapse what str.split() calls whitespace (\t-\r, \x1c-\x1f, space), trim.
+_ASCII_DROP = r"[\x00-\x08\x0e-\x1b\x7f]"
+_ASCII_SPACE = r"[\t-\r\x1c-\x1f ]+"
 
 
-class _Sample:
-    """Keeps the disagreements with the smallest key hashes: the same ones on every rerun, in any row order."""
+def _normalised_items(lists: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Every list item through ``normalize_key``: ASCII items by Arrow kernels, the rest by the function itself."""
+    return pa.chunked_array([_normalise_chunk(chunk) for chunk in lists.chunks], lists.type)
 
-    def __init__(self, size: int):
-        self.size = size
-        self._heap: list[tuple[int, str, Any, Any, float | None]] = []  # max-heap on the hash, via its negation
 
-    def offer(self, key: str, a: Any, b: Any, jaccard: float | None) -> None:
-        if not self.size:
-            return
-        h = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
-        if len(self._heap) < self.size:
-            heapq.heappush(self._heap, (-h, key, a, b, jaccard))
-        elif -h > self._heap[0][0]:
-            heapq.heapreplace(self._heap, (-h, key, a, b, jaccard))
+def _normalise_chunk(lists: pa.ListArray) -> pa.ListArray:
+    offsets = lists.offsets
+    first = offsets[0].as_py()
+    items = lists.values.slice(first, offsets[-1].as_py() - first)
+    lowered = pc.ascii_lower(pc.replace_substring_regex(items, _ASCII_DROP, ""))
+    normalised = pc.utf8_trim(pc.replace_substring_regex(lowered, _ASCII_SPACE, " "), " ")
+    not_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(items), True))
+    if pc.any(not_ascii).as_py():
+        others = [normalize_key(item) for item in items.filter(not_ascii).to_pylist()]
+        normalised = pc.replace_with_mask(normalised, not_ascii, pa.array(others, pa.string()))
+    return pa.ListArray.from_arrays(pc.subtract(offsets, first), normalised, mask=lists.is_null())
 
-    def result(self) -> tuple[Disagreement, ...]:
-        ordered = sorted(self._heap, key=lambda item: (-item[0], item[1]))
-        return tuple(Disagreement(key=k, a=a, b=b, jaccard=None if j is None else round(j, 4)) for _, k, a, b, j in ordered)
+
+def _sample(
+    keys: pa.ChunkedArray, out_a: pa.ChunkedArray, out_b: pa.ChunkedArray, jaccard: list[float] | None, size: int
+) -> tuple[Disagreement, ...]:
+    """The disagreements whose key hashes are smallest: the same ones on every rerun, in any row order."""
+    if not size or not len(keys):
+        return ()
+    hashes = [hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest() for key in keys.to_pylist()]
+    picked = heapq.nsmallest(size, range(len(hashes)), key=hashes.__getitem__)
+    rows = pa.array(picked, pa.int64())
+    return tuple(
+        Disagreement(key=k, a=a, b=b, jaccard=None if jaccard is None else round(jaccard[i], 4))
+        for i, k, a, b in zip(picked, keys.take(rows).to_pylist(), out_a.take(rows).to_pylist(), out_b.take(rows).to_pylist(), strict=True)
+    )
 
 
 def _confusion(out_a: pa.ChunkedArray, out_b: pa.ChunkedArray) -> list[tuple[str, str, int]]:
