@@ -9,10 +9,13 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulkinfer.cli import main as cli_main
-from bulkinfer.compare import compare_tables, render_summary
+from bulkinfer.compare import _normalised_items, compare_tables, render_summary
 from bulkinfer.errors import ConfigError, TableError
+from bulkinfer.keys import normalize_key
 from tests.bulkinfer.made_tables import made_tables
 
 
@@ -136,3 +139,20 @@ def test_cli_user_errors_exit_2_with_one_line(tables, capsys, argv, match):
     err = capsys.readouterr().err
     assert err.startswith("bulkinfer: error: ") and err.count("\n") == 1
     assert re.search(match, err)
+
+
+ITEMS = ["Budget Flights", "  two\t\x1fspaces ", "ctrl\x00\x07x", "ＣＯＶＩＤ", "Straße", "x\u200by", "", "MiXeD\x0bCase\x1c"]
+
+
+def test_items_are_normalised_exactly_like_normalize_key():
+    list_type = pa.list_(pa.string())
+    lists = pa.chunked_array([pa.array([ITEMS[:3], None, [], ITEMS[3:]], list_type), pa.array([ITEMS[::-1]], list_type)])
+    expected = [None if row is None else [normalize_key(item) for item in row] for row in lists.to_pylist()]
+    assert _normalised_items(lists).to_pylist() == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=12), max_size=5))
+def test_normalisation_matches_normalize_key_on_any_text(items):
+    lists = pa.chunked_array([pa.array([items], pa.list_(pa.string()))])
+    assert _normalised_items(lists).to_pylist() == [[normalize_key(item) for item in items]]
