@@ -24,6 +24,11 @@ show it: list items joined with the task's first separator, or the label. The
 completion starts with the whitespace the example template puts between the
 prompt and ``{output}``, so ``prompt + completion`` reads like a shown example.
 
+``format: chat`` tasks export the turns the chat model was sent (system, the
+examples as user/assistant turns with ``--prompt task``, the query), and
+``prompt_completion`` is then TRL's conversational form (lists of turns on both
+sides). Tasks constrained to a JSON schema get the JSON answer.
+
 Rows with an empty output and rows that copy a few-shot example or repeat the
 query (:func:`bulkinfer.quality.is_echo`, the measure behind the echo gate) are
 dropped and counted. Records come out sorted by key, so two exports diff
@@ -48,7 +53,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from bulkinfer import layout
 from bulkinfer.errors import ConfigError, TableError
-from bulkinfer.prompts import render_prompt
+from bulkinfer.prompts import render_messages, render_prompt
 from bulkinfer.quality import example_keys, is_echo
 from bulkinfer.tasks import TaskSpec, load_task, task_from_dict
 
@@ -68,6 +73,7 @@ _METADATA = pa.struct(
         pa.field("model", pa.string()),
         pa.field("task", pa.string()),
         pa.field("task_fingerprint", pa.string()),
+        pa.field("adapter", pa.string()),
     ]
 )
 _MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
@@ -127,7 +133,7 @@ def export_training(
         task: a task name or spec path, only for versions whose manifest predates
             ``task_spec``; it must have the version's task fingerprint.
         metadata: add a ``metadata`` object (key, query, source_rows, version,
-            run_id, model, task, task_fingerprint) to every record.
+            run_id, model, task, task_fingerprint, adapter) to every record.
         batch_rows: rows converted to Python objects at a time.
 
     Returns:
@@ -165,7 +171,11 @@ def export_training(
             f"task {spec.name}'s template.query reads input columns {sorted(spec.template.fields())}, "
             "which prediction tables do not store; its prompts cannot be rebuilt from the table"
         )
-    rows = layout.read_shards(layout.version_dir(table, name), layout.PREDICTIONS, [*_COLUMNS, spec.output_column])
+    vdir = layout.version_dir(table, name)
+    shards = layout.shard_paths(vdir, layout.PREDICTIONS)
+    # Tables written before adapters existed (row schema 1) have no adapter column.
+    has_adapter = bool(shards) and "adapter" in layout.parquet_schema(shards[0])[0].names
+    rows = layout.read_shards(vdir, layout.PREDICTIONS, [*_COLUMNS, spec.output_column, *(["adapter"] if has_adapter else [])])
     records = _Records(spec, name, fmt, prompt, metadata)
     schema = records.schema()
     tmp = f"{out}.{uuid.uuid4().hex}.tmp"
@@ -206,7 +216,15 @@ def prompt_parts(task: TaskSpec, key: str) -> tuple[str, str]:
 
 
 def answer_text(task: TaskSpec, value: Any) -> str:
-    """A typed output rendered the way the task's examples show answers."""
+    """A typed output rendered the way the task's examples show answers.
+
+    Lists: the items joined with the first separator (``a, b``). Labels: the label.
+    Tasks constrained to a JSON schema: the JSON the schema asks for, the value under
+    ``parser.json_field`` when the task names one.
+    """
+    if task.structured.json_schema is not None:
+        field_name = task.parser.json_field
+        return json.dumps({field_name: value} if field_name else value, ensure_ascii=False)
     if task.output == "label":
         return str(value or "")
     sep = task.parser.separators[0]
@@ -268,6 +286,9 @@ class _Records:
     def schema(self) -> pa.Schema:
         if self._fmt == "messages":
             fields = [pa.field("messages", pa.list_(_MESSAGE))]
+        elif self._task.format == "chat":
+            # TRL's conversational prompt-completion: both sides are lists of turns.
+            fields = [pa.field("prompt", pa.list_(_MESSAGE)), pa.field("completion", pa.list_(_MESSAGE))]
         else:
             fields = [pa.field("prompt", pa.string()), pa.field("completion", pa.string())]
         return pa.schema(fields + ([pa.field("metadata", _METADATA)] if self._metadata else []))
@@ -283,14 +304,20 @@ class _Records:
             if is_echo(task, batch["raw_output"][i] or "", key, self._examples):
                 self.dropped["echo"] += 1
                 continue
-            header, rest = prompt_parts(self._prompt_task, key)
             answer = answer_text(task, value)
-            if self._fmt == "messages":
-                messages = [{"role": "system", "content": header.strip()}] if header.strip() else []
-                messages += [{"role": "user", "content": rest.strip()}, {"role": "assistant", "content": answer}]
-                record: dict[str, Any] = {"messages": messages}
+            reply = {"role": "assistant", "content": answer}
+            record: dict[str, Any]
+            if task.format == "chat":
+                # The turns the chat model was sent (the examples as earlier turns with --prompt task).
+                turns = render_messages(self._prompt_task, key)
+                record = {"messages": [*turns, reply]} if self._fmt == "messages" else {"prompt": turns, "completion": [reply]}
             else:
-                record = {"prompt": header + rest, "completion": self._lead + answer}
+                header, rest = prompt_parts(self._prompt_task, key)
+                if self._fmt == "messages":
+                    turns = [{"role": "system", "content": header.strip()}] if header.strip() else []
+                    record = {"messages": [*turns, {"role": "user", "content": rest.strip()}, reply]}
+                else:
+                    record = {"prompt": header + rest, "completion": self._lead + answer}
             if self._metadata:
                 record["metadata"] = {
                     "key": key,
@@ -301,6 +328,7 @@ class _Records:
                     "model": batch["model"][i],
                     "task": batch["task"][i],
                     "task_fingerprint": batch["task_fingerprint"][i],
+                    "adapter": batch["adapter"][i] if "adapter" in batch else "",
                 }
             out.append(record)
         self.written += len(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
     answer = answer_text(task, raw)
     if answer is None:
         return Parsed(error=f"answer marker {task.parser.answer_marker!r} not found in the output")
+    if task.structured.json_schema is not None:
+        return _parse_json(task, answer, key)
     if task.output == "label":
         return _parse_label(task, answer)
     return Parsed(value=split_items(answer, task.parser.separators, key, task.parser.max_items))
@@ -62,9 +65,14 @@ def answer_text(task: TaskSpec, raw: str) -> str | None:
 def split_items(text: str, separators: tuple[str, ...], key: str, max_items: int) -> list[str]:
     """Splits a list answer into clean, distinct items other than the query itself."""
     pattern = "|".join(re.escape(s) for s in (*separators, "\n"))
+    return clean_items(re.split(pattern, text), key, max_items)
+
+
+def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:
+    """Trims bullets, quotes and trailing punctuation; drops empty items, the query and repeats."""
     items: list[str] = []
     seen = {key}
-    for piece in re.split(pattern, text):
+    for piece in pieces:
         item = _LEADING.sub("", piece.strip()).strip(_WRAPPING).rstrip(_TRAILING).strip(_WRAPPING)
         item = " ".join(item.split())
         item_key = normalize_key(item)
@@ -75,6 +83,27 @@ def split_items(text: str, separators: tuple[str, ...], key: str, max_items: int
         if len(items) == max_items:
             break
     return items
+
+
+def _parse_json(task: TaskSpec, answer: str, key: str) -> Parsed:
+    try:
+        value = json.loads(answer)
+    except json.JSONDecodeError as e:
+        # Under a JSON-schema constraint only a cut-off answer gets here.
+        return Parsed(error=f"output is not complete JSON ({e.msg} at character {e.pos}); raise sampling.max_tokens if it was cut off")
+    field = task.parser.json_field
+    if field is not None:
+        if not isinstance(value, dict) or field not in value:
+            return Parsed(error=f"output JSON has no member {field!r} (parser.json_field)")
+        value = value[field]
+    if task.output == "label":
+        if not isinstance(value, str):
+            return Parsed(error=f"expected a JSON string holding one of the labels, got {type(value).__name__}")
+        return _parse_label(task, value)
+    if not isinstance(value, list):
+        return Parsed(error=f"expected a JSON array of strings, got {type(value).__name__}")
+    pieces = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value]
+    return Parsed(value=clean_items(pieces, key, task.parser.max_items))
 
 
 def _parse_label(task: TaskSpec, answer: str) -> Parsed:

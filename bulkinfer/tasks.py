@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from bulkinfer.errors import ConfigError
 PARSER_VERSION = 1
 
 OutputKind = Literal["list", "label"]
+PromptFormat = Literal["completion", "chat"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,57 @@ class ParserSpec:
     answer_marker: str | None = None
     """Chain of thought: the answer is the text after the last occurrence of this
     marker (e.g. ``"Answer:"``); text without the marker cannot be parsed."""
+    json_field: str | None = None
+    """For JSON output (``structured.json_schema``): the member holding the answer, e.g.
+    ``synonyms`` in ``{"synonyms": [...]}``; None reads the whole value (a JSON array
+    for ``list`` tasks, a JSON string for ``label`` tasks)."""
 
     def __post_init__(self) -> None:
         if self.max_items < 1:
             raise ConfigError(f"parser.max_items must be >= 1, got {self.max_items}")
         if not self.separators or any(not s for s in self.separators):
             raise ConfigError(f"parser.separators must be non-empty strings, got {list(self.separators)}")
+
+
+@dataclass(frozen=True)
+class StructuredSpec:
+    """Constrained decoding: the engine can only produce text of this shape.
+
+    At most one of the three is set. With a constraint the parser cannot fail on the
+    format, only on an answer cut short by ``sampling.max_tokens``.
+    """
+
+    json_schema: str | None = None
+    """A JSON schema (written as a YAML mapping; kept as canonical JSON text) the output
+    must match, e.g. ``{type: object, properties: {synonyms: {type: array, items: {type: string}}}}``.
+    The parser reads ``parser.json_field`` of the value."""
+    choice: bool = False
+    """``label`` tasks: the output is exactly one of ``labels``."""
+    regex: str | None = None
+    """A regular expression the whole output must match, e.g. for reasoning followed by
+    ``Answer: <label>`` in a chain-of-thought task."""
+
+    def __post_init__(self) -> None:
+        chosen = [name for name in ("json_schema", "regex") if getattr(self, name) is not None] + (["choice"] if self.choice else [])
+        if len(chosen) > 1:
+            raise ConfigError(f"structured takes one of json_schema, choice, regex; got {', '.join(chosen)}")
+        if self.json_schema is not None:
+            try:
+                schema = json.loads(self.json_schema)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"structured.json_schema is not valid JSON: {e}") from e
+            if not isinstance(schema, dict):
+                raise ConfigError(f"structured.json_schema must be a mapping (a JSON schema object), got {schema!r}")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ConfigError(f"structured.regex is not a valid regular expression ({e}): {self.regex!r}") from e
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any constraint is set."""
+        return self.json_schema is not None or self.choice or self.regex is not None
 
 
 @dataclass(frozen=True)
@@ -145,12 +192,22 @@ class TaskSpec:
     """Name of the typed output column; defaults to the task name for lists, ``label`` for labels."""
     description: str = ""
     """One line for humans."""
+    format: PromptFormat = "completion"
+    """``completion``: one text prompt for base models, laid out by ``template``. ``chat``:
+    for chat / instruct models; ``instruction`` becomes the system turn, each shown example a
+    user turn (``template.query`` with the example's input) and an assistant turn (its
+    output), the query the last user turn; the model tokenizer's chat template renders them."""
+    adapter: str | None = None
+    """A LoRA adapter directory (PEFT format) applied to the model; a relative path is
+    relative to the spec file. ``--adapter`` on the command line overrides it."""
     template: TemplateSpec = field(default_factory=TemplateSpec)
     """Prompt layout."""
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     """Sampling parameters."""
     parser: ParserSpec = field(default_factory=ParserSpec)
     """Output parsing."""
+    structured: StructuredSpec = field(default_factory=StructuredSpec)
+    """Constrained decoding (JSON schema, label choice or regex)."""
     gates: GateSpec = field(default_factory=GateSpec)
     """Quality gates checked before a new version is published."""
 
@@ -179,6 +236,14 @@ class TaskSpec:
                 raise ConfigError(f"{name} may only use {sorted(allowed_fields)}, got {sorted(used - allowed_fields)}")
         if "query" not in _placeholders("template.query", self.template.query):
             raise ConfigError(f"template.query must contain {{query}}, got {self.template.query!r}")
+        if self.format not in ("completion", "chat"):
+            raise ConfigError(f"format must be 'completion' or 'chat', got {self.format!r}")
+        if self.structured.choice and self.output != "label":
+            raise ConfigError("structured.choice constrains the output to one of labels: it needs output: label")
+        if self.parser.json_field is not None and self.structured.json_schema is None:
+            raise ConfigError("parser.json_field reads JSON output: set structured.json_schema too")
+        if self.structured.choice and self.parser.answer_marker:
+            raise ConfigError("structured.choice makes the output exactly a label, with no room for an answer marker; use structured.regex")
         if not self.output_column:
             object.__setattr__(self, "output_column", self.name if self.output == "list" else "label")
 
@@ -191,10 +256,12 @@ class TaskSpec:
         """A digest of everything in the spec that can change an answer or its parse.
 
         Gates and the description are left out: they change no answer, so editing
-        them does not make a rerun regenerate anything.
+        them does not make a rerun regenerate anything. So is the adapter's path: the
+        job folds the adapter's content digest in instead (see ``pipelines.cache_job``),
+        so moving an adapter directory does not count as a change, and retraining one does.
         """
         spec = dataclasses.asdict(self)
-        del spec["gates"], spec["description"]
+        del spec["gates"], spec["description"], spec["adapter"]
         payload = json.dumps({"spec": spec, "parser_version": PARSER_VERSION}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -246,9 +313,13 @@ def load_task(name_or_path: str) -> TaskSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a task spec must be a mapping of fields, got {type(raw).__name__}")
     try:
-        return _build(TaskSpec, raw, "")
+        task = _build(TaskSpec, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
+    if task.adapter and not Path(task.adapter).expanduser().is_absolute() and "://" not in task.adapter:
+        base = Path(where).parent if where != f"tasks/{name_or_path}.yaml" else Path(str(resources.files("tasks")))
+        task = dataclasses.replace(task, adapter=str((base / task.adapter).resolve()))
+    return task
 
 
 def task_from_dict(spec: Mapping[str, Any], where: str = "task spec") -> TaskSpec:
@@ -271,13 +342,23 @@ def task_from_dict(spec: Mapping[str, Any], where: str = "task spec") -> TaskSpe
     """
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where}: a task spec must be a mapping of fields, got {type(spec).__name__}")
+    raw = json.loads(json.dumps(spec))  # a deep copy, so the caller's mapping is left alone
+    structured = raw.get("structured")
+    if isinstance(structured, dict) and structured.get("json_schema", "") is None:
+        del structured["json_schema"]  # the default; _build takes only a mapping here
+    if isinstance(structured, dict) and isinstance(structured.get("json_schema"), str):
+        # The spec keeps the schema as canonical JSON text; _build takes it as a mapping, like YAML gives it.
+        try:
+            structured["json_schema"] = json.loads(structured["json_schema"])
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: structured.json_schema is not valid JSON: {e}") from e
     try:
-        return _build(TaskSpec, dict(spec), "")
+        return _build(TaskSpec, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
 
 
-_NESTED = {"template": TemplateSpec, "sampling": SamplingSpec, "parser": ParserSpec, "gates": GateSpec}
+_NESTED = {"template": TemplateSpec, "sampling": SamplingSpec, "parser": ParserSpec, "structured": StructuredSpec, "gates": GateSpec}
 
 
 def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
@@ -301,6 +382,10 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
             if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where} must be a list of strings, got {value!r}")
             value = tuple(value)
+        elif f.name == "json_schema" and cls is StructuredSpec:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a mapping (a JSON schema object), got {value!r}")
+            value = json.dumps(value, sort_keys=True, ensure_ascii=False)
         else:
             value = _scalar(where, f.type, value)
         values[f.name] = value

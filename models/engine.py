@@ -39,6 +39,10 @@ class EngineConfig:
     enforce_eager: bool | None = None
     """Skip torch.compile and CUDA graphs: faster start, slower steps. None: eager on
     CPU (compiling Gemma 270M took 200 s there), compiled on GPU."""
+    max_lora_rank: int | None = None
+    """Largest LoRA rank among the run's adapters; None starts the engine without LoRA support."""
+    max_loras: int = 1
+    """LoRA adapters the engine holds at once."""
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 16:
@@ -53,6 +57,10 @@ class EngineConfig:
             raise ConfigError(f"max_num_seqs must be in [1, 4096], got {self.max_num_seqs}")
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.max_lora_rank is not None and not 1 <= self.max_lora_rank <= 512:
+            raise ConfigError(f"max_lora_rank must be in [1, 512], got {self.max_lora_rank}")
+        if self.max_loras < 1:
+            raise ConfigError(f"max_loras must be >= 1, got {self.max_loras}")
 
     def llm_kwargs(self, on_cpu: bool) -> dict[str, Any]:
         """Keyword arguments for ``vllm.LLM``."""
@@ -65,9 +73,14 @@ class EngineConfig:
             "tensor_parallel_size": self.tensor_parallel_size,
             "seed": self.seed,
             "enforce_eager": on_cpu if self.enforce_eager is None else self.enforce_eager,
+            # JSON-constrained tasks get compact JSON: no line breaks for a "\n" stop
+            # string to cut, fewer tokens. (An engine-wide setting in vLLM.)
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
         if self.max_model_len is not None:
             kwargs["max_model_len"] = self.max_model_len
+        if self.max_lora_rank is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank_slot(self.max_lora_rank), max_loras=self.max_loras)
         if on_cpu:
             # vLLM CPU sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (set by the
             # handler before load); this fraction then only bounds host memory.
@@ -78,6 +91,66 @@ class EngineConfig:
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
             kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gib * 2**30)
         return kwargs
+
+
+# vLLM allocates LoRA slots of these ranks; an adapter of rank r needs a slot >= r.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _lora_rank_slot(rank: int) -> int:
+    return next(r for r in _LORA_RANKS if r >= rank)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter (PEFT format) applied to the base model."""
+
+    name: str
+    """Name in provenance and, with several adapters, the table's subdirectory."""
+    path: str
+    """The adapter directory (``adapter_config.json`` and weights)."""
+    rank: int
+    """LoRA rank ``r`` from its config."""
+    lora_int_id: int
+    """vLLM's numeric id for the adapter, unique within a run (from 1)."""
+    digest: str
+    """Digest of its config and weight files (``model_digest``)."""
+
+
+def load_adapter(spec: str, index: int, base_model: str) -> Adapter:
+    """Reads ``--adapter PATH`` or ``--adapter NAME=PATH`` and checks the adapter directory.
+
+    Args:
+        spec: the flag value.
+        index: position among the run's adapters (for vLLM's numeric id).
+        base_model: the resolved base model, to warn when the adapter was trained on another.
+
+    Raises:
+        ConfigError: no such directory, not a PEFT LoRA adapter, or a bad name.
+    """
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = "", spec
+    directory = Path(path).expanduser()
+    if not name:
+        name = directory.name
+    if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise ConfigError(f"--adapter {spec}: the name must be letters, digits, '.', '-' or '_'; write --adapter NAME=PATH")
+    config_file = directory / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"--adapter {spec}: {directory} has no adapter_config.json, so it is not a PEFT LoRA adapter directory")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--adapter {spec}: {config_file} is not valid JSON: {e}") from e
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise ConfigError(f"--adapter {spec}: peft_type is {config.get('peft_type')!r}; only LoRA adapters run on vLLM")
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"--adapter {spec}: adapter_config.json has no positive integer rank 'r' (got {rank!r})")
+    if not any(directory.glob("adapter_model.*")):
+        raise ConfigError(f"--adapter {spec}: {directory} has no adapter_model.safetensors (or .bin) weights")
+    return Adapter(name=name, path=str(directory.resolve()), rank=rank, lora_int_id=index + 1, digest=model_digest(str(directory)))
 
 
 def resolve_model(model: str) -> str:
@@ -105,7 +178,7 @@ def resolve_model(model: str) -> str:
 
 
 def model_digest(resolved: str) -> str:
-    """A digest of a model's identity: config, tokenizer files and weight file names and sizes.
+    """A digest of a model's identity: config, tokenizer and chat template files, weight file names and sizes.
 
     Hashing every weight byte of a multi-GB model would cost minutes per run; the
     config, the weights index and the file sizes change whenever the weights do in
@@ -120,7 +193,7 @@ def model_digest(resolved: str) -> str:
         if not item.is_file():
             continue
         digest.update(item.name.encode())
-        if item.suffix == ".json" or item.name.endswith(".model"):
+        if item.suffix in (".json", ".jinja", ".model", ".txt"):
             digest.update(item.read_bytes())
         else:
             digest.update(str(item.stat().st_size).encode())

@@ -19,6 +19,13 @@ CORPUS = [
 ]
 
 
+# A Zephyr-style chat template, so chat-format tasks can be tested on the tiny model.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
 def build_tiny_llama(target: Path, max_position_embeddings: int = 512) -> Path:
     """Writes a tiny Llama model directory (config, safetensors, tokenizer) to ``target``."""
     import torch
@@ -41,6 +48,7 @@ def build_tiny_llama(target: Path, max_position_embeddings: int = 512) -> Path:
     )
     bpe.train_from_iterator(corpus * 4, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(target)
 
     torch.manual_seed(0)
@@ -59,4 +67,31 @@ def build_tiny_llama(target: Path, max_position_embeddings: int = 512) -> Path:
     )
     model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def build_tiny_lora(base: Path, target: Path, rank: int = 8, seed: int = 1) -> Path:
+    """Writes a LoRA adapter (PEFT format) for a tiny model: random, non-zero, seeded weights.
+
+    PEFT starts B at zero (the adapter changes nothing until trained); a test of
+    "the adapter changes the answers" needs an adapter that does, so both A and B
+    are random here, with a large enough scale to move a random model's greedy picks.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=4 * rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(target, safe_serialization=True)
     return target

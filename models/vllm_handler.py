@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +15,8 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from bulkinfer.errors import Reason
 from bulkinfer.records import METRICS_NAMESPACE, Generation, PromptRequest
-from bulkinfer.tasks import SamplingSpec
-from models.engine import EngineConfig
+from bulkinfer.tasks import SamplingSpec, StructuredSpec
+from models.engine import Adapter, EngineConfig
 
 _LOG = logging.getLogger(__name__)
 
@@ -29,8 +31,6 @@ class LoadedEngine:
     """The model's tokenizer, used to count prompt tokens before generating."""
     max_model_len: int
     """Context length the engine was started with."""
-    sampling_params: Any
-    """``vllm.SamplingParams`` built from the task's sampling spec."""
 
 
 class EngineHandle:
@@ -58,34 +58,81 @@ class EngineHandle:
         return self._engine
 
 
+# Engines kept for later pipelines of the same process (one run over several
+# adapters runs one pipeline per adapter on one engine), by the key the job chose.
+_SHARED: dict[str, LoadedEngine] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def release_shared_engine(key: str) -> None:
+    """Drops a kept engine, so its memory (and its engine process) can go."""
+    with _SHARED_LOCK:
+        _SHARED.pop(key, None)
+
+
 class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
     """Generates completions for :class:`PromptRequest` batches with ``vllm.LLM``.
 
-    Prompts are tokenised here with the model's tokenizer, checked against the
-    context length (too long: a ``prompt_too_long`` result, not a failed batch) and
-    handed to the engine as token ids, so the engine does not tokenise them again.
-    A batch the engine raises on is retried once, then bisected so that only the
-    prompts that fail alone come back as ``generation_failed``.
+    Prompts are tokenised here with the model's tokenizer (chat turns through its
+    chat template first), checked against the context length (too long: a
+    ``prompt_too_long`` result, not a failed batch) and handed to the engine as
+    token ids, so the engine does not tokenise them again. A batch the engine
+    raises on is retried once, then bisected so that only the prompts that fail
+    alone come back as ``generation_failed``.
     """
 
-    def __init__(self, engine: EngineConfig, sampling: SamplingSpec, *, batch_size: int = 256):
+    def __init__(
+        self,
+        engine: EngineConfig,
+        sampling: SamplingSpec,
+        *,
+        batch_size: int = 256,
+        structured: StructuredSpec | None = None,
+        labels: Sequence[str] = (),
+        adapter: Adapter | None = None,
+        share_engine_as: str | None = None,
+    ):
         """Builds the handler; nothing is loaded until ``load_model``.
 
         Args:
             engine: how to start the engine.
             sampling: the task's sampling parameters.
             batch_size: prompts per ``generate`` call.
+            structured: the task's output constraint, if any.
+            labels: the task's labels (what ``structured.choice`` chooses from).
+            adapter: a LoRA adapter applied to every request; the engine must be
+                configured for LoRA (``EngineConfig.max_lora_rank``).
+            share_engine_as: keep the started engine under this key for later
+                pipelines in this process (released with ``release_shared_engine``).
         """
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self._engine = engine
         self._sampling = sampling
+        self._structured = structured if structured is not None and structured.enabled else None
+        self._labels = tuple(labels)
+        self._adapter = adapter
+        self._share_as = share_engine_as
+        self._params: Any = None
+        self._lora: Any = None
         self._generated = Metrics.counter(METRICS_NAMESPACE, "prompts_generated")
         self._prompt_tokens = Metrics.counter(METRICS_NAMESPACE, "prompt_tokens")
         self._output_tokens = Metrics.counter(METRICS_NAMESPACE, "output_tokens")
         self._engine_starts = Metrics.counter(METRICS_NAMESPACE, "engine_starts")
 
     def load_model(self) -> EngineHandle:
-        return EngineHandle(self._start_engine, self._engine_starts.inc)
+        return EngineHandle(self._acquire_engine)
+
+    def _acquire_engine(self) -> LoadedEngine:
+        if self._share_as is None:
+            engine = self._start_engine()
+        else:
+            with _SHARED_LOCK:
+                if self._share_as not in _SHARED:
+                    _SHARED[self._share_as] = self._start_engine()
+                else:
+                    _LOG.info("reusing the engine started earlier in this process for %s", self._engine.model)
+                engine = _SHARED[self._share_as]
+        return engine
 
     def _start_engine(self) -> LoadedEngine:
         try:
@@ -102,19 +149,42 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             if self._engine.tensor_parallel_size == 1:
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
         llm = vllm.LLM(**self._engine.llm_kwargs(on_cpu))
-        s = self._sampling
-        params = vllm.SamplingParams(
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_tokens,
-            seed=s.seed,
-            frequency_penalty=s.frequency_penalty,
-            stop=list(s.stop),
-            skip_special_tokens=True,
-        )
+        self._engine_starts.inc()
         max_len = llm.llm_engine.model_config.max_model_len
         _LOG.info("vLLM %s loaded %s (context %d tokens)", vllm.__version__, self._engine.model, max_len)
-        return LoadedEngine(llm=llm, tokenizer=llm.get_tokenizer(), max_model_len=max_len, sampling_params=params)
+        return LoadedEngine(llm=llm, tokenizer=llm.get_tokenizer(), max_model_len=max_len)
+
+    def _generate_kwargs(self) -> dict[str, Any]:
+        """Sampling parameters (and the LoRA request) for ``LLM.generate``, built once."""
+        if self._params is None:
+            from vllm import SamplingParams
+            from vllm.sampling_params import StructuredOutputsParams
+
+            s = self._sampling
+            structured = None
+            if self._structured is not None:
+                c = self._structured
+                if c.json_schema is not None:
+                    structured = StructuredOutputsParams(json=json.loads(c.json_schema))
+                elif c.choice:
+                    structured = StructuredOutputsParams(choice=list(self._labels))
+                else:
+                    structured = StructuredOutputsParams(regex=c.regex)
+            self._params = SamplingParams(
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=s.seed,
+                frequency_penalty=s.frequency_penalty,
+                stop=list(s.stop),
+                skip_special_tokens=True,
+                structured_outputs=structured,
+            )
+            if self._adapter is not None:
+                from vllm.lora.request import LoRARequest
+
+                self._lora = LoRARequest(self._adapter.name, self._adapter.lora_int_id, self._adapter.path)
+        return {"lora_request": self._lora} if self._lora is not None else {}
 
     def run_inference(
         self,
@@ -126,7 +196,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
 
     def generate(self, batch: Sequence[PromptRequest], model: LoadedEngine) -> list[Generation]:
         """Generates for one batch on a started engine; results in input order."""
-        token_ids = model.tokenizer(list(r.prompt for r in batch))["input_ids"]
+        token_ids = _tokenize(model.tokenizer, batch)
         budget = model.max_model_len - self._sampling.max_tokens
         results: list[Generation | None] = [None] * len(batch)
         todo: list[int] = []
@@ -151,7 +221,8 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
         if not items:
             return []
         try:
-            outputs = model.llm.generate([{"prompt_token_ids": ids} for _, ids in items], model.sampling_params, use_tqdm=False)
+            kwargs = self._generate_kwargs()
+            outputs = model.llm.generate([{"prompt_token_ids": ids} for _, ids in items], self._params, use_tqdm=False, **kwargs)
         except Exception as e:  # the engine raises many types; a dead engine is re-raised below
             if type(e).__name__ == "EngineDeadError":
                 raise
@@ -192,3 +263,27 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
+
+
+def _tokenize(tokenizer: Any, batch: Sequence[PromptRequest]) -> list[list[int]]:
+    """Token ids per request: the prompt text, or chat turns through the chat template.
+
+    A chat template writes the model's special tokens (BOS included) itself, so its
+    text is tokenised without adding them again.
+    """
+    plain = [i for i, r in enumerate(batch) if not r.messages]
+    chat = [i for i, r in enumerate(batch) if r.messages]
+    ids: list[list[int]] = [[] for _ in batch]
+    if plain:
+        for i, row in zip(plain, tokenizer([batch[i].prompt for i in plain])["input_ids"], strict=True):
+            ids[i] = row
+    if chat:
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": role, "content": content} for role, content in batch[i].messages], tokenize=False, add_generation_prompt=True
+            )
+            for i in chat
+        ]
+        for i, row in zip(chat, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
+            ids[i] = row
+    return ids

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -28,9 +29,9 @@ from bulkinfer.errors import ConfigError, GateError, InputError
 from bulkinfer.lock import TableLock
 from bulkinfer.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, SCHEMA_VERSION, Provenance, prediction_schema
 from bulkinfer.tasks import TaskSpec, load_task
-from models.engine import EngineConfig, engine_version, fingerprint, model_digest, resolve_model
+from models.engine import Adapter, EngineConfig, engine_version, fingerprint, load_adapter, model_digest, resolve_model
 from models.gemma import GEMMA_ALIAS
-from models.vllm_handler import VLLMHandler
+from models.vllm_handler import VLLMHandler, release_shared_engine
 from transforms.build_prompts import BuildPrompts
 from transforms.checkpoint_results import CheckpointResults
 from transforms.generate import Generate
@@ -38,6 +39,7 @@ from transforms.normalize_keys import NormalizeKeys
 from transforms.parse_predictions import ParsePredictions
 from transforms.read_queries import ReadQueries
 from transforms.reuse_results import ReuseResults
+from transforms.sample_keys import SampleKeys
 from transforms.write_version import WriteVersion
 
 _LOG = logging.getLogger(__name__)
@@ -63,17 +65,35 @@ class CacheJobOptions(PipelineOptions):
         parser.add_argument("--full", action="store_true", help="generate every key again instead of reusing the published answers")
         parser.add_argument("--checkpoint_rows", type=int, default=256, help="generated rows per durable checkpoint chunk (default 256)")
         parser.add_argument("--keep", type=int, default=4, help="versions to keep; older ones are deleted after publish (default 4)")
+        parser.add_argument(
+            "--adapter",
+            action="append",
+            default=None,
+            help="LoRA adapter directory (PEFT), as PATH or NAME=PATH; repeat for several: one table per adapter, OUTPUT/NAME "
+            "(default: the task spec's adapter, else none)",
+        )
+        parser.add_argument(
+            "--sample",
+            type=int,
+            default=None,
+            help="run only this many keys, picked by key hash (the same keys in every run over the corpus): a cheap shadow run",
+        )
 
 
 def run(
     argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None, model_handler: ModelHandler | None = None
 ) -> dict[str, Any]:
-    """Runs the job and publishes the new version.
+    """Runs the job and publishes the new version (one table per LoRA adapter when given several).
 
     Every check that can fail on user input runs before the pipeline starts. Keys
     whose answer the published version already holds (same fingerprint) are
     reused, not generated again, unless ``--full``. The new version is published
     only when the row accounting holds and every quality gate passes.
+
+    With several ``--adapter`` flags, each adapter gets its own table under
+    ``--output`` (``OUTPUT/<adapter name>``), built by its own pipeline one after
+    the other; in-process runners share one engine between them, so the model
+    loads once.
 
     Args:
         argv: command-line flags (job flags and Beam flags).
@@ -81,25 +101,63 @@ def run(
         model_handler: replaces the vLLM handler (tests use a fake one).
 
     Returns:
-        The manifest of the published version.
+        The manifest of the published version; with several adapters,
+        ``{"tables": {table directory: manifest, ...}}``.
 
     Raises:
         ConfigError: a flag, the task spec, the model or the output is wrong, or
             another run holds the table.
         InputError: the input cannot be read as asked.
-        GateError: a quality gate failed; the version is kept unpublished.
+        GateError: a quality gate failed; the version is kept unpublished (with
+            several adapters: after the other tables were published).
     """
     options = PipelineOptions(argv)
     job = options.view_as(CacheJobOptions)
+    plans = _plan(job, real_engine=model_handler is None)
+    if len(plans) == 1:
+        handler = model_handler or _handler(job, plans[0], share_as=None)
+        return _run_table(options, job, plans[0], handler, test_pipeline)
+    share_as = f"cache_job-{os.getpid()}-{id(plans)}"
+    manifests: dict[str, Any] = {}
+    failures: list[str] = []
+    try:
+        for plan in plans:
+            handler = model_handler or _handler(job, plan, share_as=share_as)
+            try:
+                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline)
+            except GateError as e:
+                failures.append(str(e))
+    finally:
+        release_shared_engine(share_as)
+    if failures:
+        raise GateError("; ".join(failures))
+    return {"tables": manifests}
+
+
+def _handler(job: CacheJobOptions, plan: _Plan, share_as: str | None) -> VLLMHandler:
+    task = plan.task
+    return VLLMHandler(
+        plan.engine,
+        task.sampling,
+        batch_size=job.batch_size,
+        structured=task.structured,
+        labels=task.labels,
+        adapter=plan.adapter,
+        share_engine_as=share_as,
+    )
+
+
+def _run_table(
+    options: PipelineOptions, job: CacheJobOptions, plan: _Plan, handler: ModelHandler, test_pipeline: beam.Pipeline | None
+) -> dict[str, Any]:
     started = time.time()
-    plan = _plan(job, real_engine=model_handler is None)
-    handler = model_handler or VLLMHandler(plan.engine, plan.task.sampling, batch_size=job.batch_size)
-    with TableLock(job.output, plan.provenance.run_id):
-        previous = layout.read_current(job.output)
+    output = plan.output
+    with TableLock(output, plan.provenance.run_id):
+        previous = layout.read_current(output)
         if previous == plan.provenance.run_id:
-            raise ConfigError(f"run id {previous} is already the published version of {job.output}; give a new --run_id")
+            raise ConfigError(f"run id {previous} is already the published version of {output}; give a new --run_id")
         _clear_leftovers(plan.vdir)
-        reuse_from = None if job.full or previous is None else layout.version_dir(job.output, previous)
+        reuse_from = None if job.full or previous is None else layout.version_dir(output, previous)
         pipeline = test_pipeline or beam.Pipeline(options=options)
         _build(pipeline, job, plan, handler, reuse_from)
         result = pipeline.run()
@@ -113,16 +171,16 @@ def run(
             raise GateError(
                 f"quality gate {first['gate']} failed: {first['value']} against threshold {first['threshold']} "
                 f"(set in --task {job.task}, gates.{first['gate']}); version {plan.provenance.run_id} kept unpublished "
-                f"in {plan.vdir}; {job.output} still serves {previous or 'nothing'}"
+                f"in {plan.vdir}; {output} still serves {previous or 'nothing'}"
                 + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
             )
-        layout.publish(job.output, plan.provenance.run_id)
+        layout.publish(output, plan.provenance.run_id)
         # Published: every checkpointed result is in the table now (or was superseded).
-        checkpoints = FileSystems.join(job.output, layout.CHECKPOINTS)
+        checkpoints = FileSystems.join(output, layout.CHECKPOINTS)
         if FileSystems.exists(checkpoints):
             FileSystems.delete([checkpoints])
-        pruned = layout.prune_versions(job.output, keep=job.keep)
-    _LOG.info("published %s version %s: %s (pruned %s)", job.output, plan.provenance.run_id, manifest["counts"], pruned or "none")
+        pruned = layout.prune_versions(output, keep=job.keep)
+    _LOG.info("published %s version %s: %s (pruned %s)", output, plan.provenance.run_id, manifest["counts"], pruned or "none")
     return manifest
 
 
@@ -130,9 +188,11 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: _Plan, handler: 
     task, provenance = plan.task, plan.provenance
     rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, [job.query_column, *plan.fields])
     groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance)
-    checkpoints = layout.checkpoint_dir(job.output, provenance.run_id)
+    if job.sample is not None:
+        groups = groups | "SampleKeys" >> SampleKeys(job.sample)
+    checkpoints = layout.checkpoint_dir(plan.output, provenance.run_id)
     # A --full run regenerates everything, but still resumes its own killed attempt.
-    reuse_checkpoints = checkpoints if job.full else FileSystems.join(job.output, layout.CHECKPOINTS, "*")
+    reuse_checkpoints = checkpoints if job.full else FileSystems.join(plan.output, layout.CHECKPOINTS, "*")
     sources = {
         "previous": _read_results(pipeline, "Previous", reuse_from, layout.PREDICTIONS),
         "previous_dead": _read_results(pipeline, "PreviousDead", reuse_from, layout.DEAD_LETTER),
@@ -168,10 +228,13 @@ class _Plan:
     rows_in: int
     engine: EngineConfig
     provenance: Provenance
+    output: str
     vdir: str
+    adapter: Adapter | None = None
 
 
-def _plan(job: CacheJobOptions, real_engine: bool) -> _Plan:
+def _plan(job: CacheJobOptions, real_engine: bool) -> list[_Plan]:
+    """Checks everything that can be wrong before any work; one plan per output table."""
     for flag in ("task", "input", "output"):
         if not getattr(job, flag):
             raise ConfigError(f"--{flag} is required")
@@ -181,6 +244,8 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> _Plan:
         raise ConfigError(f"--checkpoint_rows must be >= 1, got {job.checkpoint_rows}")
     if job.keep < 1:
         raise ConfigError(f"--keep must be >= 1 (the published version is always kept), got {job.keep}")
+    if job.sample is not None and job.sample < 1:
+        raise ConfigError(f"--sample must be >= 1 (keys to run), got {job.sample}")
     task = load_task(job.task)
     if job.max_model_len is not None and job.max_model_len <= task.sampling.max_tokens:
         raise ConfigError(
@@ -195,6 +260,13 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> _Plan:
     if not layout.valid_version(run_id):
         raise ConfigError(f"--run_id must be letters, digits, '.', '_' or '-' (at most 128), got {run_id!r}")
     model = resolve_model(job.model) if real_engine else job.model
+    if task.format == "chat" and real_engine:
+        _check_chat_template(job.model, model, job.task)
+    adapter_specs = list(job.adapter or ([task.adapter] if task.adapter else []))
+    adapters = [load_adapter(spec, i, model) for i, spec in enumerate(adapter_specs)]
+    names = [a.name for a in adapters]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--adapter names must differ (they name the tables), got {names}; write --adapter NAME=PATH")
     engine = EngineConfig(
         model=model,
         max_model_len=job.max_model_len,
@@ -203,20 +275,47 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> _Plan:
         gpu_memory_utilization=job.gpu_memory_utilization,
         max_num_seqs=job.max_num_seqs,
         seed=task.sampling.seed,
+        max_lora_rank=max((a.rank for a in adapters), default=None),
+        max_loras=max(1, len(adapters)),
     )
     digest = model_digest(model)
     engine_name = engine_version()
-    provenance = Provenance(
-        run_id=run_id,
-        model=job.model,
-        model_digest=digest,
-        task=task.name,
-        task_fingerprint=task.fingerprint(),
-        fingerprint=fingerprint(task.fingerprint(), digest, engine_name, job.max_model_len, job.dtype, SCHEMA_VERSION),
-        engine=engine_name,
+    plans = []
+    for adapter in adapters or [None]:
+        output = FileSystems.join(job.output, adapter.name) if len(adapters) > 1 and adapter else job.output
+        adapter_digest = adapter.digest if adapter else ""
+        # The adapter's content is part of the task's identity: a retrained adapter is a new task version.
+        task_fingerprint = fingerprint(task.fingerprint(), adapter_digest) if adapter else task.fingerprint()
+        provenance = Provenance(
+            run_id=run_id,
+            model=job.model,
+            model_digest=digest,
+            task=task.name,
+            task_fingerprint=task_fingerprint,
+            fingerprint=fingerprint(task_fingerprint, digest, engine_name, job.max_model_len, job.dtype, SCHEMA_VERSION),
+            engine=engine_name,
+            adapter=adapter.name if adapter else "",
+            adapter_digest=adapter_digest,
+        )
+        _check_writable(output)
+        plans.append(_Plan(task, fields, input_pattern, rows_in, engine, provenance, output, layout.version_dir(output, run_id), adapter))
+    return plans
+
+
+def _check_chat_template(given: str, resolved: str, task_flag: str) -> None:
+    """A chat task on a model whose tokenizer has no chat template cannot render its turns."""
+    directory = Path(resolved)
+    if not directory.is_dir():
+        return  # a hub id: vLLM's tokenizer load reports it
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return
+    config = directory / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("chat_template"):
+        return
+    raise ConfigError(
+        f"--task {task_flag} has format: chat, but --model {given} has no chat template (no chat_template in its "
+        f"tokenizer_config.json, no chat_template.jinja); use a chat/instruct model or format: completion"
     )
-    _check_writable(job.output)
-    return _Plan(task, fields, input_pattern, rows_in, engine, provenance, layout.version_dir(job.output, run_id))
 
 
 def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str, int]:
@@ -296,14 +395,15 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
             dead_records[reason] += 1
     rows_dead = sum(dead_rows.values())
     reused_dead = int(pc.sum(pc.not_equal(dead.column("run_id"), provenance.run_id)).as_py() or 0) if dead is not None else 0
-    if rows_in_table + rows_dead != plan.rows_in:
+    not_sampled = (_counter(result, "rows_not_sampled") or 0) if job.sample is not None else 0
+    if rows_in_table + rows_dead + not_sampled != plan.rows_in:
         raise RuntimeError(
             f"row accounting failed: {plan.rows_in} input rows, but {rows_in_table} behind table keys + "
-            f"{rows_dead} dead-lettered; version {provenance.run_id} left unpublished in {plan.vdir}"
+            f"{rows_dead} dead-lettered + {not_sampled} left out by --sample; version {provenance.run_id} left unpublished in {plan.vdir}"
         )
     before = None
     if previous is not None:
-        previous_dir = layout.version_dir(job.output, previous)
+        previous_dir = layout.version_dir(plan.output, previous)
         # Churn compares outputs of the same kind: only when the published version has this output column.
         if layout.read_manifest(previous_dir).get("output_column") == task.output_column:
             before = layout.read_shards(previous_dir, layout.PREDICTIONS, ["key", task.output_column])
@@ -314,6 +414,8 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
         "version": provenance.run_id,
         **provenance.columns(),
         "model_path": plan.engine.model,
+        "adapter_path": plan.adapter.path if plan.adapter else None,
+        "sample": job.sample,
         "input": job.input,
         "query_column": job.query_column,
         "output_kind": task.output,
@@ -327,6 +429,7 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
             "rows_in": plan.rows_in,
             "rows_in_table": rows_in_table,
             "rows_dead": rows_dead,
+            "rows_not_sampled": not_sampled,
             "keys": keys,
             "dead_letter_records": sum(dead_records.values()),
             "reused": reused,

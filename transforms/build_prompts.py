@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from bulkinfer.prompts import render_prompt
+from bulkinfer.prompts import render_messages, render_prompt
 from bulkinfer.records import PromptRequest, QueryGroup
 from bulkinfer.tasks import TaskSpec
 
 
 class BuildPrompts(beam.PTransform):
-    """Renders the task's prompt for every :class:`QueryGroup`."""
+    """Renders the task's prompt for every :class:`QueryGroup`.
+
+    ``completion`` tasks get the prompt text; ``chat`` tasks get chat turns, which
+    the model handler renders with the model tokenizer's chat template.
+    """
 
     def __init__(self, task: TaskSpec):
         """Args:
@@ -24,6 +28,16 @@ class BuildPrompts(beam.PTransform):
 
 
 def _to_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
+    if task.format == "chat":
+        messages = render_messages(task, group.key, dict(group.fields))
+        return PromptRequest(
+            key=group.key,
+            query=group.query,
+            prompt="\n".join(f"<{m['role']}> {m['content']}" for m in messages),
+            source_rows=group.source_rows,
+            fields=group.fields,
+            messages=tuple((m["role"], m["content"]) for m in messages),
+        )
     return PromptRequest(
         key=group.key,
         query=group.query,

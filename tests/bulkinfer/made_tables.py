@@ -17,6 +17,9 @@ Labels (built-in classify task), A then B: lemon hesperidium/hesperidium, lime
 hesperidium/berry, apple pome/berry, tomato berry/berry, peach drupe/drupe,
 cherry only in B. Label table A also has version ``a2``, whose gate
 ``min_valid_rate`` failed (4 of 5 answers not labels): kept, never published.
+
+``chat_json``: a ``format: chat`` list task constrained to a JSON schema, read through
+``parser.json_field`` (spec in ``CHAT_JSON_SPEC``); ``used cars`` answers an empty list.
 """
 
 from __future__ import annotations
@@ -52,7 +55,21 @@ SYNONYMS_B = {
 LABELS_A = {"lemon": " hesperidium", "lime": " hesperidium", "apple": " pome", "tomato": " berry", "peach": " drupe"}
 LABELS_B = {"lemon": " hesperidium", "lime": " berry", "apple": " berry", "tomato": " berry", "peach": " drupe", "cherry": " drupe"}
 
-_MADE: dict[str, dict[str, str]] = {}
+CHAT_JSON_SPEC = """\
+name: synonyms_json
+output: list
+format: chat
+instruction: List other ways people search for the same thing.
+examples:
+  - {input: laptop bag, output: '{"synonyms": ["notebook bag", "laptop case"]}'}
+structured:
+  json_schema: {type: object, properties: {synonyms: {type: array, items: {type: string}}}, required: [synonyms]}
+parser:
+  json_field: synonyms
+"""
+CHAT_JSON = {"covid vaccine": '{"synonyms": ["covid shot", "covid jab"]}', "used cars": '{"synonyms": []}'}
+
+_MADE: dict[str, str] = {}
 
 
 def _job(root: Path, table: str, task: str, answers: dict[str, str], run_id: str, model: str, *extra: str) -> None:
@@ -62,7 +79,7 @@ def _job(root: Path, table: str, task: str, answers: dict[str, str], run_id: str
 
 
 def made_tables(factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Table directories by name (``syn_a``, ``syn_b``, ``lab_a``, ``lab_b``), built on the first call."""
+    """Table directories by name (``syn_a``, ``syn_b``, ``lab_a``, ``lab_b``, ``chat_json``), built on the first call."""
     if not _MADE:
         root = factory.mktemp("tables")
         _job(root, "syn_a", "synonyms", SYNONYMS_A, "a1", "teacher")
@@ -72,5 +89,8 @@ def made_tables(factory: pytest.TempPathFactory) -> dict[str, str]:
         broken = {key: " not a fruit type" for key in LABELS_A} | {"lemon": " hesperidium"}
         with pytest.raises(GateError, match="min_valid_rate"):
             _job(root, "lab_a", "classify", broken, "a2", "teacher", "--full")
-        _MADE.update({name: str(root / name) for name in ("syn_a", "syn_b", "lab_a", "lab_b")})
+        spec = root / "synonyms_json.yaml"
+        spec.write_text(CHAT_JSON_SPEC)
+        _job(root, "chat_json", str(spec), CHAT_JSON, "c1", "chat-teacher")
+        _MADE.update({name: str(root / name) for name in ("syn_a", "syn_b", "lab_a", "lab_b", "chat_json")})
     return dict(_MADE)

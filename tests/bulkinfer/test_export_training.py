@@ -68,6 +68,29 @@ def test_prompt_completion_with_the_task_prompt_reads_like_a_shown_example(table
     assert task.template.example.format(input="lemon", output="hesperidium").strip() in render_prompt(task, "lemon") + " hesperidium"
 
 
+@pytest.mark.parametrize("file_type", [".jsonl", ".parquet"])
+def test_chat_task_exports_its_turns_and_json_answers(tables, tmp_path, file_type):
+    spec = task_from_dict(layout.read_manifest(layout.version_dir(tables["chat_json"], "c1"))["task_spec"])
+    assert spec.format == "chat" and spec.structured.json_schema is not None
+    out = tmp_path / f"messages{file_type}"
+    result = export_training(tables["chat_json"], str(out), prompt="task")
+    assert (result.written, result.dropped) == (1, {"empty_output": 1, "echo": 0})
+    (record,) = _read(out)
+    assert record["messages"] == [
+        {"role": "system", "content": "List other ways people search for the same thing."},
+        {"role": "user", "content": "query: laptop bag\nanswer:"},
+        {"role": "assistant", "content": '{"synonyms": ["notebook bag", "laptop case"]}'},
+        {"role": "user", "content": "query: covid vaccine\nanswer:"},
+        {"role": "assistant", "content": '{"synonyms": ["covid shot", "covid jab"]}'},
+    ]
+    pairs = tmp_path / f"pairs{file_type}"
+    export_training(tables["chat_json"], str(pairs), fmt="prompt_completion")
+    (pair,) = _read(pairs)
+    assert pair["prompt"] == record["messages"][:1] + record["messages"][3:4], "zero-shot: no example turns"
+    assert pair["completion"] == record["messages"][4:]
+    assert pair["metadata"]["model"] == "chat-teacher" and pair["metadata"]["adapter"] == ""
+
+
 def test_parquet_holds_the_same_records_as_jsonl(tables, tmp_path):
     for fmt in ("messages", "prompt_completion"):
         as_jsonl, as_parquet = tmp_path / f"{fmt}.jsonl", tmp_path / f"{fmt}.parquet"

@@ -35,6 +35,7 @@ def test_publishes_a_versioned_table(tmp_path):
         "rows_in": 9,
         "rows_in_table": 5,
         "rows_dead": 4,
+        "rows_not_sampled": 0,
         "keys": 3,
         "dead_letter_records": 4,
         "reused": 0,
