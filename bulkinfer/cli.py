@@ -1,4 +1,4 @@
-"""The ``bulkinfer`` command line: run jobs, look predictions up."""
+"""The ``bulkinfer`` command line: run jobs, look predictions up, compare tables, export training sets."""
 
 from __future__ import annotations
 
@@ -30,6 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     rollback = commands.add_parser("rollback", help="publish an earlier version again")
     rollback.add_argument("--table", required=True, help="table directory")
     rollback.add_argument("--to", default=None, help="version to publish (default: the newest earlier one whose gates passed)")
+    compare = commands.add_parser("compare", help="compare two tables on their shared keys: may model B replace model A?")
+    compare.add_argument("--table", action="append", default=[], help="table directory; twice: A (the reference), then B (the candidate)")
+    compare.add_argument("--version-a", default=None, help="A's version (default: the published one)")
+    compare.add_argument("--version-b", default=None, help="B's version (default: the published one)")
+    compare.add_argument("--sample", type=int, default=20, help="disagreements to show, chosen by key hash (default 20)")
+    compare.add_argument("--out", default=None, help="also write the full report as JSON to this file")
+    export = commands.add_parser("export-training", help="write a version's (prompt, answer) pairs as a fine-tuning set (JSONL or Parquet)")
+    export.add_argument("--table", required=True, help="table directory")
+    export.add_argument("--version", default=None, help="version to export (default: the published one); it must have passed its gates")
+    export.add_argument("--out", required=True, help="output file, .jsonl or .parquet")
+    export.add_argument("--format", default="messages", help="messages (system/user/assistant, default) or prompt_completion")
+    export.add_argument("--prompt", default="zero_shot", help="zero_shot (no examples, default) or task (exactly the task prompt)")
+    export.add_argument("--task", default=None, help="task name or spec path; only for versions whose manifest has no task_spec")
+    export.add_argument("--no-metadata", action="store_true", help="leave out the per-record metadata object (provenance)")
 
     if argv[:1] == ["run"]:
         return _run(argv[1:])
@@ -41,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             return _versions(args)
         if args.command == "rollback":
             return _rollback(args)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "export-training":
+            return _export_training(args)
         return _tasks()
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
@@ -126,6 +144,38 @@ def _rollback(args: argparse.Namespace) -> int:
     with TableLock(args.table, f"rollback-{before}"):
         target = layout.rollback(args.table, args.to)
     print(json.dumps({"table": args.table, "from": before, "to": target}))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bulkinfer import layout
+    from bulkinfer.compare import compare_tables, render_summary
+
+    if len(args.table) != 2:
+        raise ConfigError(f"compare needs --table twice (A, the reference, then B, the candidate), got {len(args.table)}")
+    result = compare_tables(args.table[0], args.table[1], args.version_a, args.version_b, sample=args.sample)
+    print(render_summary(result))
+    if args.out:
+        layout.write_text(args.out, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        print(f"report: {args.out}")
+    return 0
+
+
+def _export_training(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from bulkinfer.export_training import export_training
+
+    result = export_training(
+        args.table,
+        args.out,
+        version=args.version,
+        fmt=args.format,
+        prompt=args.prompt,
+        task=args.task,
+        metadata=not args.no_metadata,
+    )
+    print(json.dumps(asdict(result), ensure_ascii=False))
     return 0
 
 

@@ -90,6 +90,34 @@ def read_manifest(vdir: str) -> dict[str, Any]:
     return json.loads(read_text(path))
 
 
+def resolve_version(table: str, version: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The name and manifest of one complete version of a table, for readers.
+
+    Args:
+        table: the table directory.
+        version: a version name; default: the published one (``CURRENT``).
+
+    Returns:
+        The version name and its manifest.
+
+    Raises:
+        TableError: no table there, nothing published and no version named, or no
+            complete version of that name (the message lists the versions there are).
+    """
+    if version is not None and not valid_version(version):
+        raise TableError(f"{version!r} is not a version name (letters, digits, '.', '_', '-')")
+    name = version or read_current(table)
+    if name is None:
+        if not FileSystems.exists(table):
+            raise TableError(f"{table} is not a table: no such directory")
+        raise TableError(f"{table} has no published version (no {CURRENT} file); name one with --version")
+    if not FileSystems.exists(FileSystems.join(version_dir(table, name), MANIFEST)):
+        names = [found for found, _ in list_versions(table)] if FileSystems.exists(table) else []
+        where = f"versions: {', '.join(names)}" if names else "it has none (is this a table directory?)"
+        raise TableError(f"{table} has no complete version {name!r}; {where}")
+    return name, read_manifest(version_dir(table, name))
+
+
 def shard_paths(vdir: str, kind: str) -> list[str]:
     """The Parquet shards of one kind (``predictions`` or ``dead_letter``) in a version, sorted."""
     matches = FileSystems.match([FileSystems.join(vdir, f"{kind}-*.parquet")])[0].metadata_list

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -319,6 +320,42 @@ def load_task(name_or_path: str) -> TaskSpec:
         base = Path(where).parent if where != f"tasks/{name_or_path}.yaml" else Path(str(resources.files("tasks")))
         task = dataclasses.replace(task, adapter=str((base / task.adapter).resolve()))
     return task
+
+
+def task_from_dict(spec: Mapping[str, Any], where: str = "task spec") -> TaskSpec:
+    """Rebuilds a task spec from its ``dataclasses.asdict`` form, validated like :func:`load_task`.
+
+    The job stores the spec of every version in its manifest (``task_spec``), so
+    readers such as ``bulkinfer export-training`` render prompts with the spec that
+    produced the table, not with whatever the YAML file says today.
+
+    Args:
+        spec: a mapping of task fields, e.g. ``manifest["task_spec"]`` (JSON lists
+            stand for tuples).
+        where: what to name in error messages.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        ConfigError: the mapping is not a valid task spec; the message names the field.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: a task spec must be a mapping of fields, got {type(spec).__name__}")
+    raw = json.loads(json.dumps(spec))  # a deep copy, so the caller's mapping is left alone
+    structured = raw.get("structured")
+    if isinstance(structured, dict) and structured.get("json_schema", "") is None:
+        del structured["json_schema"]  # the default; _build takes only a mapping here
+    if isinstance(structured, dict) and isinstance(structured.get("json_schema"), str):
+        # The spec keeps the schema as canonical JSON text; _build takes it as a mapping, like YAML gives it.
+        try:
+            structured["json_schema"] = json.loads(structured["json_schema"])
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: structured.json_schema is not valid JSON: {e}") from e
+    try:
+        return _build(TaskSpec, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 _NESTED = {"template": TemplateSpec, "sampling": SamplingSpec, "parser": ParserSpec, "structured": StructuredSpec, "gates": GateSpec}

@@ -421,6 +421,8 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
         "output_kind": task.output,
         "output_column": task.output_column,
         "sampling": asdict(task.sampling),
+        # The validated spec that produced this version: readers rebuild it with tasks.task_from_dict.
+        "task_spec": asdict(task),
         "previous_version": previous,
         "full": bool(job.full),
         "counts": {
