@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +11,7 @@ import pyarrow as pa
 
 from bulkinfer.errors import Reason
 from bulkinfer.keys import normalize_key
-from bulkinfer.parsing import answer_text, split_items
+from bulkinfer.parsing import answer_text, parse_output, split_items
 from bulkinfer.tasks import TaskSpec
 
 _NO_LIMIT = 10**9
@@ -34,12 +36,20 @@ def is_echo(task: TaskSpec, raw: str, key: str, examples: frozenset[str]) -> boo
     (a base model that ignores the query answers ``flu jab`` for ``covid vaccine``
     because the examples said so). Label tasks: the answer repeats the query.
     """
-    answer = answer_text(task, raw) or ""
     if task.output == "label":
+        answer = answer_text(task, raw) or ""
         lines = [line for line in answer.splitlines() if line.strip()]
-        return bool(lines) and normalize_key(lines[0]).strip(" .:") == key
-    items = {normalize_key(item) for item in split_items(answer, task.parser.separators, "", _NO_LIMIT)}
+        return bool(lines) and normalize_key(lines[0]).strip(" .:\"") == key
+    # Parsed with an empty key, so the query itself is kept as an item; the parser
+    # reads JSON answers (structured output) as well as separated text.
+    parsed = parse_output(_every_item(task), raw, "")
+    items = {normalize_key(item) for item in parsed.value or ()}
     return key in items or bool(items & examples)
+
+
+@functools.lru_cache(maxsize=16)
+def _every_item(task: TaskSpec) -> TaskSpec:
+    return dataclasses.replace(task, parser=dataclasses.replace(task.parser, max_items=_NO_LIMIT))
 
 
 def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, int], previous: pa.Table | None) -> dict[str, Any]:
