@@ -222,11 +222,6 @@ class TaskSpec:
             raise ConfigError("labels is only for output: label tasks; remove it or set output: label")
         if not -1 <= self.shots <= len(self.examples):
             raise ConfigError(f"shots must be in [-1, {len(self.examples)}] (the number of examples), got {self.shots}")
-        if self.output == "label":
-            allowed = {label.casefold() for label in self.labels}
-            for ex in self.examples:
-                if ex.output.strip().casefold() not in allowed:
-                    raise ConfigError(f"examples: output {ex.output!r} of example {ex.input!r} is not one of labels {list(self.labels)}")
         for name, text, allowed_fields in (
             ("template.prefix", self.template.prefix, {"instruction"}),
             ("template.example", self.template.example, {"input", "output"}),
@@ -246,6 +241,16 @@ class TaskSpec:
             raise ConfigError("structured.choice makes the output exactly a label, with no room for an answer marker; use structured.regex")
         if not self.output_column:
             object.__setattr__(self, "output_column", self.name if self.output == "list" else "label")
+        # Examples show the model the answer format, so each must read back through
+        # the task's own parser (a label from labels; the answer after the marker; JSON).
+        from bulkinfer.parsing import parse_output
+
+        for ex in self.examples:
+            parsed = parse_output(self, ex.output, "")
+            if parsed.error is not None:
+                raise ConfigError(
+                    f"examples: output {ex.output!r} of example {ex.input!r} does not parse with the task's parser: {parsed.error}"
+                )
 
     @property
     def shown_examples(self) -> tuple[Example, ...]:

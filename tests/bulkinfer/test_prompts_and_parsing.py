@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkinfer.parsing import parse_output, split_items
-from bulkinfer.prompts import render_prompt
-from bulkinfer.tasks import ParserSpec, TemplateSpec, load_task
+from bulkinfer.prompts import render_messages, render_prompt
+from bulkinfer.tasks import ParserSpec, StructuredSpec, TemplateSpec, load_task
 
 SYNONYMS = load_task("synonyms")
 CLASSIFY = load_task("classify")
@@ -86,7 +86,7 @@ def test_label_parser_rejects_non_labels(raw):
 
 
 def test_answer_marker_takes_text_after_last_marker():
-    task = dataclasses.replace(CLASSIFY, parser=ParserSpec(answer_marker="Answer:"))
+    task = dataclasses.replace(CLASSIFY, examples=(), shots=-1, parser=ParserSpec(answer_marker="Answer:"))
     assert parse_output(task, "lemons are citrus. Answer: hesperidium", "lemon").value == "hesperidium"
     assert "not found" in parse_output(task, "hesperidium", "lemon").error
 
@@ -103,3 +103,38 @@ def test_list_parser_never_raises_and_yields_clean_items(raw, key):
 def test_label_parser_never_raises(raw):
     parsed = parse_output(CLASSIFY, raw, "x")
     assert (parsed.value in CLASSIFY.labels) != (parsed.error is not None)
+
+
+JSON_LIST = dataclasses.replace(
+    SYNONYMS,
+    examples=(),
+    shots=-1,
+    structured=StructuredSpec(json_schema='{"type": "object"}'),
+    parser=ParserSpec(json_field="synonyms"),
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value", "error"),
+    [
+        ('{"synonyms": ["Covid Jab", "covid jab", "covid vaccine", " - flu shot."]}', ["Covid Jab", "flu shot"], None),
+        ('{"synonyms":["a\x04b"]}', ["ab"], None),
+        ('{"synonyms": []}', [], None),
+        ('{"synonyms": ["a", "b"', None, "not complete JSON"),
+        ('{"other": []}', None, "no member 'synonyms'"),
+        ('{"synonyms": "a"}', None, "expected a JSON array"),
+    ],
+)
+def test_json_output_parses_by_field(raw, value, error):
+    parsed = parse_output(JSON_LIST, raw, "covid vaccine")
+    assert parsed.value == value
+    assert (parsed.error is None) if error is None else (error in parsed.error)
+
+
+def test_chat_messages_turn_examples_into_user_and_assistant_turns():
+    chat = dataclasses.replace(SYNONYMS, format="chat", shots=2)
+    messages = render_messages(chat, "covid vaccine")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[0]["content"] == SYNONYMS.instruction.strip()
+    assert messages[1]["content"] == "query: laptop bag\nsynonyms:" and messages[2]["content"] == SYNONYMS.examples[0].output
+    assert messages[-1]["content"] == "query: covid vaccine\nsynonyms:"

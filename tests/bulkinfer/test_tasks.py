@@ -46,7 +46,7 @@ BASE = "name: t\noutput: list\nexamples:\n  - {input: a, output: b}\n"
         ("name: t\noutput: label\nlabels: [a]\n", r"labels must list at least 2 labels"),
         (
             "name: t\noutput: label\nlabels: [a, b]\nexamples:\n  - {input: x, output: c}\n",
-            r"output 'c' of example 'x' is not one of labels",
+            r"output 'c' of example 'x' does not parse.*not one of the labels",
         ),
         ("name: t\noutput: list\nexamples: [{input: x}]\n", r"examples\[0\] must be a mapping with exactly 'input' and 'output'"),
         ("name: t\noutput: table\n", r"output must be 'list' or 'label', got 'table'"),
@@ -76,3 +76,45 @@ def test_shots_choose_examples(tmp_path, shots, shown):
     text = "name: t\noutput: list\nexamples:\n" + "".join(f"  - {{input: i{n}, output: o{n}}}\n" for n in range(3))
     task = load_task(_write(tmp_path, text + f"shots: {shots}\n"))
     assert len(task.shown_examples) == shown
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("name: t\noutput: list\nformat: voice\n", r"format must be 'completion' or 'chat', got 'voice'"),
+        ("name: t\noutput: list\nstructured: {choice: true}\n", r"structured.choice .* needs output: label"),
+        (
+            "name: t\noutput: list\nstructured: {regex: 'a', json_schema: {type: array}}\n",
+            r"one of json_schema, choice, regex; got json_schema, regex",
+        ),
+        ("name: t\noutput: list\nstructured: {json_schema: [1]}\n", r"structured.json_schema must be a mapping"),
+        ("name: t\noutput: list\nstructured: {regex: '(('}\n", r"structured.regex is not a valid regular expression"),
+        ("name: t\noutput: list\nparser: {json_field: x}\n", r"parser.json_field reads JSON output: set structured.json_schema"),
+        (
+            "name: t\noutput: list\nstructured: {json_schema: {type: object}}\nparser: {json_field: s}\n"
+            "examples:\n  - {input: a, output: 'b, c'}\n",
+            r"output 'b, c' of example 'a' does not parse.*not complete JSON",
+        ),
+    ],
+)
+def test_invalid_variant_specs(tmp_path, spec, match):
+    path = tmp_path / "t.yaml"
+    path.write_text(spec)
+    with pytest.raises(ConfigError, match=match):
+        load_task(str(path))
+
+
+def test_adapter_path_is_relative_to_the_spec_and_not_in_the_fingerprint(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for sub in ("a", "b"):
+        (tmp_path / sub / "t.yaml").write_text("name: t\noutput: list\nadapter: lora\n")
+    a, b = load_task(str(tmp_path / "a" / "t.yaml")), load_task(str(tmp_path / "b" / "t.yaml"))
+    assert a.adapter == str(tmp_path / "a" / "lora") and b.adapter == str(tmp_path / "b" / "lora")
+    assert a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("name", ["classify_cot", "synonyms", "classify"])
+def test_builtin_tasks_examples_parse(name):
+    task = load_task(name)
+    assert task.examples

@@ -87,7 +87,20 @@ JSON_TASK = dataclasses.replace(
 )
 
 
-@pytest.mark.parametrize("task", [JSON_TASK, dataclasses.replace(CLASSIFY, structured=StructuredSpec(choice=True))], ids=["json", "choice"])
+COT = load_task("classify_cot")
+COT_SHORT = dataclasses.replace(
+    COT,
+    shots=1,
+    structured=StructuredSpec(regex=COT.structured.regex.replace("{1,240}", "{1,60}")),
+    sampling=SamplingSpec(max_tokens=96, stop=("\n\n",)),
+)
+
+
+@pytest.mark.parametrize(
+    "task",
+    [JSON_TASK, dataclasses.replace(CLASSIFY, structured=StructuredSpec(choice=True)), COT_SHORT],
+    ids=["json", "choice", "chain-of-thought-regex"],
+)
 def test_structured_output_always_parses(setup, task):
     config, _, _, engine = setup
     generations = _handler(config, task).generate(_requests(task), engine)
