@@ -13,9 +13,9 @@ from bulkinfer.tasks import TaskSpec
 METRICS_NAMESPACE = "bulkinfer"
 """Namespace of the job's Beam counters (prompts_generated, engine_starts, ...)."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped when prediction columns change; part of the fingerprint, so rows written
-with an older schema are regenerated rather than reused."""
+with an older schema are regenerated rather than reused. 2: the ``language`` column."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class QueryGroup:
     """Other columns the prompt template reads, from the representative row."""
     source_rows: int
     """How many input rows carry this key."""
+    language: str | None = None
+    """The key's language code (``bulkinfer.languages``): the commonest among its rows'
+    language column values, else detected from the key; None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class PromptRequest:
     """How many input rows carry this key."""
     fields: tuple[tuple[str, Any], ...] = ()
     """Template columns of the representative row (kept for dead letters)."""
+    language: str | None = None
+    """The key's language code, which chose the prompt's examples; None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ def prediction_schema(task: TaskSpec) -> pa.Schema:
         [
             pa.field("key", pa.string(), nullable=False),
             pa.field("query", pa.string()),
+            pa.field("language", pa.string()),
             pa.field(task.output_column, output_type),
             pa.field("raw_output", pa.string()),
             pa.field("source_rows", pa.int64()),
@@ -136,6 +142,7 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),
         pa.field("key", pa.string()),
         pa.field("query", pa.string()),
+        pa.field("language", pa.string()),
         pa.field("row", pa.string()),
         pa.field("raw_output", pa.string()),
         pa.field("source_rows", pa.int64()),
@@ -156,6 +163,7 @@ def dead_letter(
     row: dict[str, Any] | None = None,
     raw_output: str | None = None,
     source_rows: int = 1,
+    language: str | None = None,
 ) -> dict[str, Any]:
     """Builds one dead-letter row; ``row`` is the original row, kept as JSON."""
     return {
@@ -164,6 +172,7 @@ def dead_letter(
         "stage": stage,
         "key": key,
         "query": query if isinstance(query, str) or query is None else repr(query),
+        "language": language,
         "row": json.dumps(row, ensure_ascii=False, default=repr) if row is not None else None,
         "raw_output": raw_output,
         "source_rows": source_rows,

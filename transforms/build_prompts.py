@@ -10,7 +10,7 @@ from bulkinfer.tasks import TaskSpec
 
 
 class BuildPrompts(beam.PTransform):
-    """Renders the task's prompt for every :class:`QueryGroup`."""
+    """Renders the task's prompt for every :class:`QueryGroup`, with the examples of its language."""
 
     def __init__(self, task: TaskSpec):
         """Args:
@@ -27,7 +27,8 @@ def _to_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
     return PromptRequest(
         key=group.key,
         query=group.query,
-        prompt=render_prompt(task, group.key, dict(group.fields)),
+        prompt=render_prompt(task, group.key, dict(group.fields), group.language),
         source_rows=group.source_rows,
         fields=group.fields,
+        language=group.language,
     )
