@@ -53,10 +53,8 @@ def _job(tmp_path: Path, run_id: str, *extra: str, rows=ROWS, language_type=None
     spec = tmp_path / "task.yaml"
     spec.write_text(textwrap.dedent(SPEC), encoding="utf-8")
     corpus = tmp_path / f"corpus-{run_id}.parquet"
-    pq.write_table(
-        pa.table({"query": pa.array([q for q, _ in rows], pa.string()), "lang": pa.array([lang for _, lang in rows], language_type or pa.string())}),
-        corpus,
-    )
+    queries = pa.array([q for q, _ in rows], pa.string())
+    pq.write_table(pa.table({"query": queries, "lang": pa.array([lang for _, lang in rows], language_type or pa.string())}), corpus)
     argv = ["--task", str(spec), "--input", str(corpus), "--output", str(tmp_path / "table"), "--model", "fake", "--run_id", run_id]
     return run([*argv, *extra], model_handler=FakeHandler(answer_prompt_lines=True))
 
