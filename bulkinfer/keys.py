@@ -135,6 +135,8 @@ def normalize_key(text: str) -> str:
         # ASCII is already NFKC, none of the folds touch it, and lower() is its case fold.
         return " ".join(_DROP.sub("", text).lower().split())
     key = _one_pass(text)
+    if key == text:
+        return key  # already a key (most corpus queries and lookups of stored keys): a fixed point
     # Case folding and removed marks can expose characters that NFKC composes
     # differently; repeating until nothing changes makes the function idempotent.
     for _ in range(4):

@@ -106,7 +106,7 @@ _HAN_LANGUAGES = frozenset({"zh", "ja", "yue", "wuu", "ko"})
 
 
 class LanguageDetector:
-    """Detects the language of a short text (a normalised key) with fastText ``lid.176`` (compressed).
+    """Detects the language of a short text (a search query) with fastText ``lid.176`` (compressed).
 
     The model loads on first use, not in the constructor (~0.2 s, ~20 MiB), so a detector
     can be pickled to Beam workers. Three script rules run before and after the model,
@@ -141,10 +141,15 @@ class LanguageDetector:
             backend = f"fasttext-predict {package_version('fasttext-predict')}"
         except PackageNotFoundError:
             backend = "fasttext (other build)"
-        return f"{self.NAME} {_package_version()} {self.MODEL} {backend} min_confidence={self.min_confidence} rules=1"
+        return f"{self.NAME} {_package_version()} {self.MODEL} {backend} min_confidence={self.min_confidence} rules=2"
 
     def detect(self, text: str) -> str | None:
-        """Returns the language code of ``text`` (see :func:`normalize_language`), or None when unsure."""
+        """Returns the language code of ``text`` (see :func:`normalize_language`), or None when unsure.
+
+        Give it a spelling of the query rather than its key: the key normaliser folds
+        Persian ``ی``/``ک`` into their Arabic forms, which would make Persian read as Arabic.
+        """
+        text = " ".join(unicodedata.normalize("NFKC", text).lower().split())
         if _KANA.search(text):
             return "ja"
         if _HANGUL.search(text):
@@ -153,7 +158,7 @@ class LanguageDetector:
             return None  # digits, symbols, emoji: no language to tell
         if self._model is None:
             self._model = _load_model()
-        labels, scores = self._model.predict(" ".join(text.split()), k=1)
+        labels, scores = self._model.predict(text, k=1)
         if not labels:
             return None
         language, score = normalize_language(labels[0].removeprefix("__label__")), float(scores[0])

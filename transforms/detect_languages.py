@@ -22,7 +22,8 @@ class _Detect(beam.DoFn):
         if group.language is not None:
             yield group
             return
-        language = self._detector.detect(group.key)
+        # The representative spelling, not the key: the key folds Persian letters into Arabic ones.
+        language = self._detector.detect(group.query)
         (self._detected if language is not None else self._unknown).inc()
         yield dataclasses.replace(group, language=language) if language is not None else group
 
@@ -30,8 +31,8 @@ class _Detect(beam.DoFn):
 class DetectLanguages(beam.PTransform):
     """Fills in :attr:`QueryGroup.language` from the key where the language column gave none.
 
-    Detection runs once per key, on the normalised key (the text the prompt shows), so
-    every run and every worker gives a key the same language. Keys the detector is unsure
+    Detection runs once per key, on its representative spelling (chosen the same way on
+    every run and worker), so a key gets the same language everywhere. Keys the detector is unsure
     of keep ``None`` and get the task's fallback examples. A column value always wins.
     """
 
