@@ -48,6 +48,11 @@ def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
     answer = answer_text(task, raw)
     if answer is None:
         return Parsed(error=f"answer marker {task.parser.answer_marker!r} not found in the output")
+    return parse_answer(task, answer, key)
+
+
+def parse_answer(task: TaskSpec, answer: str, key: str) -> Parsed:
+    """Parses the answer part of a generation (after the answer marker, if any)."""
     if task.structured.json_schema is not None:
         return _parse_json(task, answer, key)
     if task.output == "label":

@@ -9,7 +9,7 @@ from typing import Any
 from bulkinfer.tasks import TaskSpec
 
 
-def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None) -> str:
+def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None, language: str | None = None) -> str:
     """Returns the prompt for one key.
 
     The query is the normalised key, so every spelling of a query gets the same
@@ -21,17 +21,21 @@ def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = N
         task: the task spec.
         key: the normalised key.
         fields: values of other columns the ``template.query`` reads.
+        language: the row's language code; picks ``examples_by_language`` and
+            ``instruction_by_language``, falling back to ``examples`` and ``instruction``.
 
     Returns:
         The prompt text.
     """
-    shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.shown_examples)
+    shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.examples_for(language))
     values = {name: _one_line(value) for name, value in (fields or {}).items()}
     values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
-    return task.template.prefix.format(instruction=task.instruction.strip()) + shown + task.template.query.format(**values)
+    return task.template.prefix.format(instruction=task.instruction_for(language).strip()) + shown + task.template.query.format(**values)
 
 
-def render_messages(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+def render_messages(
+    task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None, language: str | None = None
+) -> list[dict[str, str]]:
     """Returns the chat turns for one key (``format: chat`` tasks).
 
     The instruction is the system turn; every shown example is a user turn
@@ -44,13 +48,16 @@ def render_messages(task: TaskSpec, key: str, fields: Mapping[str, Any] | None =
         task: the task spec.
         key: the normalised key.
         fields: values of other columns the ``template.query`` reads.
+        language: the row's language code (picks examples and instruction as in
+            :func:`render_prompt`).
 
     Returns:
         ``[{"role": ..., "content": ...}, ...]`` in order.
     """
     values = {name: _one_line(value) for name, value in (fields or {}).items()}
-    messages = [{"role": "system", "content": task.instruction.strip()}] if task.instruction.strip() else []
-    for ex in task.shown_examples:
+    instruction = task.instruction_for(language).strip()
+    messages = [{"role": "system", "content": instruction}] if instruction else []
+    for ex in task.examples_for(language):
         blank = dict.fromkeys(values, "")
         messages.append({"role": "user", "content": task.template.query.format(**{**blank, "query": ex.input})})
         messages.append({"role": "assistant", "content": ex.output})

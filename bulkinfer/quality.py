@@ -18,9 +18,9 @@ _NO_LIMIT = 10**9
 
 
 def example_keys(task: TaskSpec) -> frozenset[str]:
-    """Normalised inputs of the shown examples and the items of their outputs."""
-    keys = {normalize_key(ex.input) for ex in task.shown_examples}
-    for ex in task.shown_examples:
+    """Normalised inputs of the shown examples (every language's) and the items of their outputs."""
+    keys = {normalize_key(ex.input) for ex in task.every_shown_example}
+    for ex in task.every_shown_example:
         if task.output == "list":
             keys.update(normalize_key(item) for item in split_items(ex.output, task.parser.separators, "", _NO_LIMIT))
         else:

@@ -15,7 +15,7 @@ METRICS_NAMESPACE = "bulkinfer"
 
 SCHEMA_VERSION = 2
 """Bumped when prediction columns change; part of the fingerprint, so rows written
-with an older schema are regenerated rather than reused."""
+with an older schema are regenerated rather than reused. 2: the ``language`` column."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class QueryGroup:
     """Other columns the prompt template reads, from the representative row."""
     source_rows: int
     """How many input rows carry this key."""
+    language: str | None = None
+    """The key's language code (``bulkinfer.languages``): the commonest among its rows'
+    language column values, else detected from the key; None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class PromptRequest:
     messages: tuple[tuple[str, str], ...] = ()
     """``format: chat`` tasks: the (role, content) turns the model tokenizer's chat
     template renders; ``prompt`` is then a readable rendering of them, for humans."""
+    language: str | None = None
+    """The key's language code, which chose the prompt's examples; None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ def prediction_schema(task: TaskSpec) -> pa.Schema:
         [
             pa.field("key", pa.string(), nullable=False),
             pa.field("query", pa.string()),
+            pa.field("language", pa.string()),
             pa.field(task.output_column, output_type),
             pa.field("raw_output", pa.string()),
             pa.field("source_rows", pa.int64()),
@@ -147,6 +153,7 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),
         pa.field("key", pa.string()),
         pa.field("query", pa.string()),
+        pa.field("language", pa.string()),
         pa.field("row", pa.string()),
         pa.field("raw_output", pa.string()),
         pa.field("source_rows", pa.int64()),
@@ -167,6 +174,7 @@ def dead_letter(
     row: dict[str, Any] | None = None,
     raw_output: str | None = None,
     source_rows: int = 1,
+    language: str | None = None,
 ) -> dict[str, Any]:
     """Builds one dead-letter row; ``row`` is the original row, kept as JSON."""
     return {
@@ -175,6 +183,7 @@ def dead_letter(
         "stage": stage,
         "key": key,
         "query": query if isinstance(query, str) or query is None else repr(query),
+        "language": language,
         "row": json.dumps(row, ensure_ascii=False, default=repr) if row is not None else None,
         "raw_output": raw_output,
         "source_rows": source_rows,

@@ -186,6 +186,11 @@ class TaskSpec:
     """Demonstrations, in the order shown."""
     shots: int = -1
     """How many examples to show: 0 zero-shot, 1 one-shot, k few-shot, -1 all of them."""
+    examples_by_language: tuple[tuple[str, tuple[Example, ...]], ...] = ()
+    """Demonstrations per row language, as (ISO 639 code, examples) sorted by code; a row
+    whose language has none here gets ``examples``. ``shots`` applies to each list."""
+    instruction_by_language: tuple[tuple[str, str], ...] = ()
+    """The instruction per row language, as (code, text) sorted by code; others get ``instruction``."""
     labels: tuple[str, ...] = ()
     """For ``label`` tasks: the allowed answers."""
     output_column: str = ""
@@ -222,6 +227,11 @@ class TaskSpec:
             raise ConfigError("labels is only for output: label tasks; remove it or set output: label")
         if not -1 <= self.shots <= len(self.examples):
             raise ConfigError(f"shots must be in [-1, {len(self.examples)}] (the number of examples), got {self.shots}")
+        for language, examples in self.examples_by_language:
+            if not -1 <= self.shots <= len(examples):
+                raise ConfigError(
+                    f"shots must be in [-1, {len(examples)}] (the number of examples_by_language.{language}), got {self.shots}"
+                )
         for name, text, allowed_fields in (
             ("template.prefix", self.template.prefix, {"instruction"}),
             ("template.example", self.template.example, {"input", "output"}),
@@ -242,11 +252,12 @@ class TaskSpec:
         if not self.output_column:
             object.__setattr__(self, "output_column", self.name if self.output == "list" else "label")
         # Examples show the model the answer format, so each must read back through
-        # the task's own parser (a label from labels; the answer after the marker; JSON).
-        from bulkinfer.parsing import parse_output
+        # the task's own parser (a label from labels; JSON). The answer marker may be
+        # in the example's output (chain of thought) or in the template before it.
+        from bulkinfer.parsing import answer_text, parse_answer
 
-        for ex in self.examples:
-            parsed = parse_output(self, ex.output, "")
+        for ex in self.examples + tuple(ex for _, examples in self.examples_by_language for ex in examples):
+            parsed = parse_answer(self, answer_text(self, ex.output) or ex.output, "")
             if parsed.error is not None:
                 raise ConfigError(
                     f"examples: output {ex.output!r} of example {ex.input!r} does not parse with the task's parser: {parsed.error}"
@@ -254,8 +265,27 @@ class TaskSpec:
 
     @property
     def shown_examples(self) -> tuple[Example, ...]:
-        """The examples the prompt shows, honouring ``shots``."""
+        """The fallback examples the prompt shows, honouring ``shots``."""
         return self.examples if self.shots < 0 else self.examples[: self.shots]
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Languages with their own examples or instruction."""
+        return tuple(sorted({code for code, _ in self.examples_by_language} | {code for code, _ in self.instruction_by_language}))
+
+    def examples_for(self, language: str | None) -> tuple[Example, ...]:
+        """The examples a row in ``language`` is shown (its own, else the fallback), honouring ``shots``."""
+        examples = dict(self.examples_by_language).get(language, self.examples) if language else self.examples
+        return examples if self.shots < 0 else examples[: self.shots]
+
+    def instruction_for(self, language: str | None) -> str:
+        """The instruction for a row in ``language`` (its own, else ``instruction``)."""
+        return dict(self.instruction_by_language).get(language, self.instruction) if language else self.instruction
+
+    @property
+    def every_shown_example(self) -> tuple[Example, ...]:
+        """Every example some prompt shows, fallback and per-language."""
+        return self.shown_examples + tuple(ex for code, _ in self.examples_by_language for ex in self.examples_for(code))
 
     def fingerprint(self) -> str:
         """A digest of everything in the spec that can change an answer or its parse.
@@ -267,6 +297,10 @@ class TaskSpec:
         """
         spec = dataclasses.asdict(self)
         del spec["gates"], spec["description"], spec["adapter"]
+        # Left out when unused, so tasks without them keep the fingerprint they had.
+        for name in ("examples_by_language", "instruction_by_language"):
+            if not spec[name]:
+                del spec[name]
         payload = json.dumps({"spec": spec, "parser_version": PARSER_VERSION}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -357,6 +391,10 @@ def task_from_dict(spec: Mapping[str, Any], where: str = "task spec") -> TaskSpe
             structured["json_schema"] = json.loads(structured["json_schema"])
         except json.JSONDecodeError as e:
             raise ConfigError(f"{where}: structured.json_schema is not valid JSON: {e}") from e
+    for name in ("examples_by_language", "instruction_by_language"):
+        # Kept as (code, value) pairs in the spec; written as a mapping, like YAML gives it.
+        if isinstance(raw.get(name), list):
+            raw[name] = {code: value for code, value in raw[name]}
     try:
         return _build(TaskSpec, raw, "")
     except ConfigError as e:
@@ -382,7 +420,14 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"{where} must be a mapping, got {value!r}")
             value = _build(_NESTED[f.name], value, f"{where}.")
         elif f.name == "examples":
-            value = tuple(_example(i, item) for i, item in enumerate(value or []))
+            value = tuple(_example(f"examples[{i}]", item) for i, item in enumerate(value or []))
+        elif f.name == "examples_by_language":
+            value = tuple(
+                (code, tuple(_example(f"{where}.{code}[{i}]", item) for i, item in enumerate(items)))
+                for code, items in _by_language(where, value, list)
+            )
+        elif f.name == "instruction_by_language":
+            value = _by_language(where, value, str)
         elif f.name in ("labels", "stop", "separators"):
             if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where} must be a list of strings, got {value!r}")
@@ -404,12 +449,28 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**values)
 
 
-def _example(i: int, item: Any) -> Example:
+def _example(where: str, item: Any) -> Example:
     if not isinstance(item, dict) or set(item) != {"input", "output"}:
-        raise ConfigError(f"examples[{i}] must be a mapping with exactly 'input' and 'output', got {item!r}")
+        raise ConfigError(f"{where} must be a mapping with exactly 'input' and 'output', got {item!r}")
     if not all(isinstance(v, str) and v.strip() for v in item.values()):
-        raise ConfigError(f"examples[{i}]: input and output must be non-empty strings, got {item!r}")
+        raise ConfigError(f"{where}: input and output must be non-empty strings, got {item!r}")
     return Example(input=item["input"], output=item["output"])
+
+
+def _by_language(where: str, value: Any, kind: type) -> tuple[tuple[str, Any], ...]:
+    """A mapping of language code to a non-empty list (examples) or string (instruction), sorted by code."""
+    from bulkinfer.languages import check_language_code
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of language code to {kind.__name__}, e.g. {{de: ...}}, got {value!r}")
+    pairs = []
+    for code, item in value.items():
+        check_language_code(where, code)
+        if not isinstance(item, kind) or not (item.strip() if isinstance(item, str) else item):
+            what = "a non-empty list of examples" if kind is list else "a non-empty string"
+            raise ConfigError(f"{where}.{code} must be {what}, got {item!r}")
+        pairs.append((code, item))
+    return tuple(sorted(pairs))
 
 
 def _scalar(where: str, type_name: Any, value: Any) -> Any:

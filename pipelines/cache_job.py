@@ -26,6 +26,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bulkinfer import layout, quality
 from bulkinfer.errors import ConfigError, GateError, InputError
+from bulkinfer.keys import KEY_VERSION
+from bulkinfer.languages import LanguageDetector
 from bulkinfer.lock import TableLock
 from bulkinfer.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, SCHEMA_VERSION, Provenance, prediction_schema
 from bulkinfer.tasks import TaskSpec, load_task
@@ -34,6 +36,7 @@ from models.gemma import GEMMA_ALIAS
 from models.vllm_handler import VLLMHandler, release_shared_engine
 from transforms.build_prompts import BuildPrompts
 from transforms.checkpoint_results import CheckpointResults
+from transforms.detect_languages import DetectLanguages
 from transforms.generate import Generate
 from transforms.normalize_keys import NormalizeKeys
 from transforms.parse_predictions import ParsePredictions
@@ -77,6 +80,17 @@ class CacheJobOptions(PipelineOptions):
             type=int,
             default=None,
             help="run only this many keys, picked by key hash (the same keys in every run over the corpus): a cheap shadow run",
+        )
+        parser.add_argument("--language_column", default=None, help="column holding each row's language code (en, pt-BR, ...); optional")
+        parser.add_argument(
+            "--detect_language",
+            choices=("auto", "on", "off"),
+            default="auto",
+            help="detect the language of keys the language column leaves unknown: on, off, or auto (default: on when the "
+            "task has examples_by_language or instruction_by_language)",
+        )
+        parser.add_argument(
+            "--language_min_confidence", type=float, default=0.3, help="detections less sure than this are unknown (default 0.3)"
         )
 
 
@@ -186,10 +200,13 @@ def _run_table(
 
 def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: _Plan, handler: ModelHandler, reuse_from: str | None) -> None:
     task, provenance = plan.task, plan.provenance
-    rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, [job.query_column, *plan.fields])
-    groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance)
+    columns = [job.query_column, *plan.fields, *([job.language_column] if job.language_column else [])]
+    rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, list(dict.fromkeys(columns)))
+    groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance, job.language_column)
     if job.sample is not None:
         groups = groups | "SampleKeys" >> SampleKeys(job.sample)
+    if plan.detector is not None:
+        groups = groups | "DetectLanguages" >> DetectLanguages(plan.detector)
     checkpoints = layout.checkpoint_dir(plan.output, provenance.run_id)
     # A --full run regenerates everything, but still resumes its own killed attempt.
     reuse_checkpoints = checkpoints if job.full else FileSystems.join(plan.output, layout.CHECKPOINTS, "*")
@@ -231,6 +248,7 @@ class _Plan:
     output: str
     vdir: str
     adapter: Adapter | None = None
+    detector: LanguageDetector | None = None
 
 
 def _plan(job: CacheJobOptions, real_engine: bool) -> list[_Plan]:
@@ -255,7 +273,8 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> list[_Plan]:
     if os.path.abspath(job.output) == os.path.abspath(job.input) or (job.input.rstrip("/") + "/").startswith(job.output.rstrip("/") + "/"):
         raise ConfigError(f"--output {job.output} and --input {job.input} overlap; write the table somewhere else")
     fields = sorted(task.template.fields())
-    input_pattern, rows_in = inspect_input(job.input, job.query_column, fields)
+    input_pattern, rows_in = inspect_input(job.input, job.query_column, fields, job.language_column)
+    detector = _language_detector(job, task)
     run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not layout.valid_version(run_id):
         raise ConfigError(f"--run_id must be letters, digits, '.', '_' or '-' (at most 128), got {run_id!r}")
@@ -292,13 +311,17 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> list[_Plan]:
             model_digest=digest,
             task=task.name,
             task_fingerprint=task_fingerprint,
-            fingerprint=fingerprint(task_fingerprint, digest, engine_name, job.max_model_len, job.dtype, SCHEMA_VERSION),
+            fingerprint=fingerprint(
+                task_fingerprint, digest, engine_name, job.max_model_len, job.dtype, SCHEMA_VERSION, _language_config(job, detector)
+            ),
             engine=engine_name,
             adapter=adapter.name if adapter else "",
             adapter_digest=adapter_digest,
         )
         _check_writable(output)
-        plans.append(_Plan(task, fields, input_pattern, rows_in, engine, provenance, output, layout.version_dir(output, run_id), adapter))
+        plans.append(
+            _Plan(task, fields, input_pattern, rows_in, engine, provenance, output, layout.version_dir(output, run_id), adapter, detector)
+        )
     return plans
 
 
@@ -318,7 +341,26 @@ def _check_chat_template(given: str, resolved: str, task_flag: str) -> None:
     )
 
 
-def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str, int]:
+def _language_detector(job: CacheJobOptions, task: TaskSpec) -> LanguageDetector | None:
+    """The detector for keys without a language, or None when detection is off."""
+    if job.detect_language == "off" or (job.detect_language == "auto" and not task.languages):
+        return None
+    if not 0.0 <= job.language_min_confidence < 1.0:
+        raise ConfigError(f"--language_min_confidence must be in [0, 1), got {job.language_min_confidence}")
+    detector = LanguageDetector(job.language_min_confidence)
+    try:
+        detector.version()
+    except ImportError as e:
+        raise ConfigError(f"{e} (task {task.name} has examples for {', '.join(task.languages) or 'no language'})") from e
+    return detector
+
+
+def _language_config(job: CacheJobOptions, detector: LanguageDetector | None) -> dict[str, Any]:
+    # A detector upgrade can change a key's language and with it the prompt: results must not be reused across one.
+    return {"language_column": job.language_column, "detector": detector.version() if detector is not None else None}
+
+
+def inspect_input(path: str, query_column: str, fields: list[str], language_column: str | None = None) -> tuple[str, int]:
     """Checks the corpus before any work: files exist, are Parquet, have the columns.
 
     Returns:
@@ -340,10 +382,19 @@ def inspect_input(path: str, query_column: str, fields: list[str]) -> tuple[str,
             schema, file_rows = layout.parquet_schema(meta.path)
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"--input {meta.path} is not a readable Parquet file: {e}") from e
-        for column in [query_column, *fields]:
+        for column in [query_column, *fields, *([language_column] if language_column else [])]:
             if column not in schema.names:
-                which = "--query_column" if column == query_column else "the task template"
+                which = {query_column: "--query_column", language_column: "--language_column"}.get(column, "the task template")
                 raise InputError(f"--input {meta.path} has no column {column!r} (named by {which}); columns: {', '.join(schema.names)}")
+        if language_column:
+            language_type = schema.field(language_column).type
+            if pa.types.is_dictionary(language_type):
+                language_type = language_type.value_type
+            if not any(is_type(language_type) for is_type in (pa.types.is_string, pa.types.is_large_string, pa.types.is_null)):
+                raise InputError(
+                    f"--input {meta.path}: column {language_column!r} (--language_column) is {language_type}, "
+                    f"not text; it should hold language codes such as 'en' or 'pt-BR'"
+                )
         query_type = schema.field(query_column).type
         if pa.types.is_dictionary(query_type):
             query_type = query_type.value_type
@@ -382,7 +433,7 @@ def _clear_leftovers(vdir: str) -> None:
 
 def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, previous: str | None) -> dict[str, Any]:
     task, provenance = plan.task, plan.provenance
-    rows = layout.read_shards(plan.vdir, layout.PREDICTIONS, ["key", task.output_column, "raw_output", "source_rows", "run_id"])
+    rows = layout.read_shards(plan.vdir, layout.PREDICTIONS, ["key", task.output_column, "raw_output", "source_rows", "run_id", "language"])
     dead = layout.read_shards(plan.vdir, layout.DEAD_LETTER, ["reason", "source_rows", "run_id"])
     keys = rows.num_rows if rows is not None else 0
     rows_in_table = int(pc.sum(rows.column("source_rows")).as_py() or 0) if keys else 0
@@ -440,12 +491,28 @@ def _summarise(plan: _Plan, job: CacheJobOptions, result: Any, started: float, p
         },
         "dead_letter_reasons": dict(sorted(dead_rows.items())),
         "quality": {name: round(value, 4) if isinstance(value, float) else value for name, value in measured.items()},
+        "key_normalizer": KEY_VERSION,
+        "languages": _language_summary(plan, job, rows, result),
         "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
         "wall_seconds": round(time.time() - started, 3),
     }
     return json.loads(json.dumps(manifest))  # exactly what readers of manifest.json will see
+
+
+def _language_summary(plan: _Plan, job: CacheJobOptions, rows: pa.Table | None, result: Any) -> dict[str, Any]:
+    keys_by_language: collections.Counter[str] = collections.Counter()
+    if rows is not None:
+        keys_by_language.update(code or "unknown" for code in rows.column("language").to_pylist())
+    return {
+        "column": job.language_column,
+        "detector": plan.detector.version() if plan.detector is not None else None,
+        "with_examples": list(plan.task.languages),
+        "keys_by_language": dict(sorted(keys_by_language.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "detected": _counter(result, "languages_detected"),
+        "unrecognised_column_values": _counter(result, "language_values_unrecognised"),
+    }
 
 
 def _counter(result: Any, name: str) -> int | None:

@@ -10,7 +10,7 @@ from bulkinfer.tasks import TaskSpec
 
 
 class BuildPrompts(beam.PTransform):
-    """Renders the task's prompt for every :class:`QueryGroup`.
+    """Renders the task's prompt for every :class:`QueryGroup`, with the examples of its language.
 
     ``completion`` tasks get the prompt text; ``chat`` tasks get chat turns, which
     the model handler renders with the model tokenizer's chat template.
@@ -29,7 +29,7 @@ class BuildPrompts(beam.PTransform):
 
 def _to_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
     if task.format == "chat":
-        messages = render_messages(task, group.key, dict(group.fields))
+        messages = render_messages(task, group.key, dict(group.fields), group.language)
         return PromptRequest(
             key=group.key,
             query=group.query,
@@ -37,11 +37,13 @@ def _to_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
             source_rows=group.source_rows,
             fields=group.fields,
             messages=tuple((m["role"], m["content"]) for m in messages),
+            language=group.language,
         )
     return PromptRequest(
         key=group.key,
         query=group.query,
-        prompt=render_prompt(task, group.key, dict(group.fields)),
+        prompt=render_prompt(task, group.key, dict(group.fields), group.language),
         source_rows=group.source_rows,
         fields=group.fields,
+        language=group.language,
     )

@@ -8,25 +8,36 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 
 from bulkinfer.errors import Reason
 from bulkinfer.keys import normalize_key
-from bulkinfer.records import Provenance, QueryGroup, dead_letter
+from bulkinfer.languages import normalize_language
+from bulkinfer.records import METRICS_NAMESPACE, Provenance, QueryGroup, dead_letter
 
 DEAD = "dead"
 
 
 class _KeyRow(beam.DoFn):
-    def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance):
+    def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance, language_column: str | None = None):
         self._query_column = query_column
         self._fields = tuple(fields)
         self._provenance = provenance
+        self._language_column = language_column
+        self._unrecognised = Metrics.counter(METRICS_NAMESPACE, "language_values_unrecognised")
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
         query, key, failure = self._diagnose(row)
+        language = self._language(row)
         if failure:
             dead = dead_letter(
-                reason=failure[0], message=failure[1], stage="normalize_keys", query=query, row=row, provenance=self._provenance
+                reason=failure[0],
+                message=failure[1],
+                stage="normalize_keys",
+                query=query,
+                row=row,
+                provenance=self._provenance,
+                language=language,
             )
             yield pvalue.TaggedOutput(DEAD, dead)
         else:
@@ -34,7 +45,16 @@ class _KeyRow(beam.DoFn):
             # Rank spellings so every run keeps the same one: the key itself first,
             # then spellings with tidy whitespace, then the smallest.
             rank = (query != key, " ".join(query.split()) != query, query, json.dumps(fields, default=repr) if fields else "")
-            yield key, (rank, query, fields)
+            yield key, ((rank, query, fields), language)
+
+    def _language(self, row: dict[str, Any]) -> str | None:
+        if self._language_column is None:
+            return None
+        value = row.get(self._language_column)
+        language = normalize_language(value)
+        if language is None and value is not None and not (isinstance(value, str) and value.strip().lower() in ("", "und")):
+            self._unrecognised.inc()  # e.g. "english" or "xx": the key's other rows, or detection, decide
+        return language
 
     def _diagnose(self, row: dict[str, Any]) -> tuple[Any, str, tuple[str, str] | None]:
         """Returns the query text, its key, and why the row cannot be used (None if it can)."""
@@ -59,27 +79,37 @@ class _KeyRow(beam.DoFn):
 
 
 class _PickRepresentative(beam.CombineFn):
-    """Counts the rows of a key and keeps its best-ranked spelling."""
+    """Counts the rows of a key, keeps its best-ranked spelling and counts its rows' languages."""
 
-    def create_accumulator(self) -> tuple[int, Any]:
-        return 0, None
+    def create_accumulator(self) -> tuple[int, Any, dict[str, int]]:
+        return 0, None, {}
 
-    def add_input(self, acc: tuple[int, Any], rep: tuple[tuple, str, tuple]) -> tuple[int, Any]:
-        count, best = acc
-        return count + 1, rep if best is None or rep[0] < best[0] else best
+    def add_input(self, acc: tuple[int, Any, dict[str, int]], value: tuple[tuple, str | None]) -> tuple[int, Any, dict[str, int]]:
+        count, best, languages = acc
+        rep, language = value
+        if language is not None:
+            languages[language] = languages.get(language, 0) + 1
+        return count + 1, rep if best is None or rep[0] < best[0] else best, languages
 
-    def merge_accumulators(self, accs: Any) -> tuple[int, Any]:
+    def merge_accumulators(self, accs: Any) -> tuple[int, Any, dict[str, int]]:
         accs = list(accs)  # Beam may pass a one-shot iterator
-        reps = [best for _, best in accs if best is not None]
-        return sum(count for count, _ in accs), min(reps, key=lambda rep: rep[0]) if reps else None
+        reps = [best for _, best, _ in accs if best is not None]
+        languages: dict[str, int] = {}
+        for _, _, counts in accs:
+            for language, n in counts.items():
+                languages[language] = languages.get(language, 0) + n
+        return sum(count for count, _, _ in accs), min(reps, key=lambda rep: rep[0]) if reps else None, languages
 
-    def extract_output(self, acc: tuple[int, Any]) -> tuple[int, Any]:
-        return acc
+    def extract_output(self, acc: tuple[int, Any, dict[str, int]]) -> tuple[int, Any, str | None]:
+        count, best, languages = acc
+        # The commonest language among the key's rows; ties go to the smaller code, so every run agrees.
+        language = min(languages.items(), key=lambda kv: (-kv[1], kv[0]))[0] if languages else None
+        return count, best, language
 
 
-def _to_group(item: tuple[str, tuple[int, Any]]) -> QueryGroup:
-    key, (count, (_, query, fields)) = item
-    return QueryGroup(key=key, query=query, fields=fields, source_rows=count)
+def _to_group(item: tuple[str, tuple[int, Any, str | None]]) -> QueryGroup:
+    key, (count, (_, query, fields), language) = item
+    return QueryGroup(key=key, query=query, fields=fields, source_rows=count, language=language)
 
 
 class NormalizeKeys(beam.PTransform):
@@ -88,21 +118,26 @@ class NormalizeKeys(beam.PTransform):
     Returns ``(groups, dead)``: one :class:`QueryGroup` per distinct key, and a dead-letter row for every input row without
     a usable query (null, not text, empty after normalisation, or a null template
     column). Merging happens here, before any prompt is built, so a query in 1,000
-    spellings costs one generation.
+    spellings costs one generation. With a language column, a key's language is the
+    commonest recognised code among its rows (ties: the smaller code); rows with a
+    null or unrecognised value do not vote, and a key with no vote keeps ``None``.
     """
 
-    def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance):
+    def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance, language_column: str | None = None):
         """Args:
         query_column: the column holding the query text.
         fields: other columns the prompt template reads.
         provenance: provenance columns for dead-letter rows.
+        language_column: the column holding each row's language code, if any.
         """
         super().__init__()
         self._query_column = query_column
         self._fields = fields
         self._provenance = provenance
+        self._language_column = language_column
 
     def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        keyed = rows | "KeyRows" >> beam.ParDo(_KeyRow(self._query_column, self._fields, self._provenance)).with_outputs(DEAD, main="keyed")
+        key_row = _KeyRow(self._query_column, self._fields, self._provenance, self._language_column)
+        keyed = rows | "KeyRows" >> beam.ParDo(key_row).with_outputs(DEAD, main="keyed")
         groups = keyed.keyed | "MergeSpellings" >> beam.CombinePerKey(_PickRepresentative()) | "ToGroups" >> beam.Map(_to_group)
         return groups, keyed[DEAD]

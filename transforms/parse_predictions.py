@@ -33,6 +33,7 @@ class _Parse(beam.DoFn):
         yield {
             "key": request.key,
             "query": request.query,
+            "language": request.language,
             self._task.output_column: parsed.value,
             "raw_output": generation.text,
             "source_rows": request.source_rows,
@@ -56,6 +57,7 @@ class _Parse(beam.DoFn):
                 raw_output=generation.text if generation.error_reason is None else None,
                 source_rows=request.source_rows,
                 provenance=self._provenance,
+                language=request.language,
             ),
         )
 

@@ -31,8 +31,15 @@ class _Split(beam.DoFn):
         _, joined = item
         # No group: the key left the corpus, so it leaves the table too.
         for group in joined["groups"][:1]:
-            found = self._first(joined, "previous", "checkpoint", lambda r: True)
-            dead = self._first(joined, "previous_dead", "checkpoint_dead", lambda d: d.get("reason") in self._reusable_dead)
+            # The key's language picks its examples: a result made for another language answered another prompt.
+            language = group.language
+            found = self._first(joined, "previous", "checkpoint", lambda r: r.get("language") == language)  # noqa: B023
+            dead = self._first(
+                joined,
+                "previous_dead",
+                "checkpoint_dead",
+                lambda d: d.get("language") == language and d.get("reason") in self._reusable_dead,  # noqa: B023
+            )
             if found is not None:
                 # The answer and its provenance stay as they were; only the corpus count is today's.
                 yield pvalue.TaggedOutput(REUSED, {**found, "source_rows": group.source_rows})
@@ -62,10 +69,10 @@ class ReuseResults(beam.PTransform):
     chunks that runs checkpointed while generating (``checkpoint``,
     ``checkpoint_dead``), including those of a run that was killed. A key is reused
     when one of them holds a prediction with the same fingerprint (task spec, model,
-    sampling, engine version): the answer would be the same, so the engine is not
-    asked again. A key whose earlier result was a deterministic dead letter
-    (``prompt_too_long``; ``unparseable_output`` under greedy decoding) with the same
-    fingerprint keeps that dead letter. Returns ``(to_generate, reused_predictions,
+    sampling, engine version) and the same language (which picks the examples): the
+    answer would be the same, so the engine is not asked again. A key whose earlier
+    result was a deterministic dead letter (``prompt_too_long``; ``unparseable_output``
+    under greedy decoding) with the same fingerprint and language keeps that dead letter. Returns ``(to_generate, reused_predictions,
     reused_dead_letters)``.
     """
 

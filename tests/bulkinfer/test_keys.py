@@ -56,3 +56,80 @@ def test_ascii_fast_path_agrees_with_the_unicode_path(text):
     from bulkinfer.keys import _one_pass
 
     assert normalize_key(text) == _one_pass(text)
+
+
+# Spellings that must meet at one key, per script: (first, second).
+MEET = {
+    "full-width latin, digits, ideographic space": ("ＣＯＶＩＤ－１９\u3000ｗａｃｈｓ", "covid-19 wachs"),
+    "half-width katakana with voiced mark": ("ｶﾞｲﾄﾞ", "ガイド"),
+    "CJK compatibility ideograph": ("\uf900", "\u8c48"),
+    "Kangxi radical": ("\u2f00", "一"),
+    "CJK full-width punctuation": ("新冠疫苗（预约）", "新冠疫苗(预约)"),
+    "Arabic tatweel": ("كـــورونا", "كورونا"),
+    "Arabic harakat": ("لُقَاحُ كُورُونَا", "لقاح كورونا"),
+    "Arabic shadda and tanwin": ("مُدَرِّسٌ", "مدرس"),
+    "Arabic presentation forms": ("\ufedf\ufed8\ufe8e\ufea3", "لقاح"),
+    "Arabic bidi marks": ("\u200fلقاح كورونا\u200f", "لقاح كورونا"),
+    "Arabic-Indic digits": ("ايفون ١٥", "ايفون 15"),
+    "Persian digits": ("آیفون ۱۵", "آیفون 15"),
+    "Persian yeh and keheh": ("کتاب ایرانی", "كتاب ايراني"),
+    "Hebrew niqqud": ("שָׁלוֹם", "שלום"),
+    "Cyrillic case": ("КРОССОВКИ Для БЕГА", "кроссовки для бега"),
+    "Cyrillic yo": ("ёлка всё", "елка все"),
+    "Cyrillic decomposed short i": ("и\u0306од", "йод"),
+    "Ukrainian apostrophe": ("м’ясо", "м'ясо"),
+    "Ukrainian modifier apostrophe": ("м\u02bcясо", "м'ясо"),
+    "Devanagari nukta precomposed vs decomposed": ("\u0958\u093e\u0928", "\u0915\u093c\u093e\u0928"),
+    "Devanagari nukta ra": ("\u0931", "\u0930\u093c"),
+    "Devanagari digits": ("आईफोन १५", "आईफोन 15"),
+    "Greek final sigma and case": ("ΣΟΦΟΣ", "σοφος"),
+    "Turkish dotted capital I": ("İSTANBUL", "istanbul"),
+    "Turkish dotless i": ("KIZ KULESI", "kız kulesi"),
+    "German sharp s": ("STRASSE", "straße"),
+    "French typographic apostrophe": ("l’hôpital", "l'hôpital"),
+    "Latin decomposed accents": ("cafe\u0301", "café"),
+    "hyphen variants": ("covid\u201119", "covid-19"),
+    "emoji variation selector": ("\u2764\ufe0f", "\u2764"),
+    "Thai digits": ("ไอโฟน ๑๕", "ไอโฟน 15"),
+}
+
+# Spellings that must stay distinct: they can mean different things, or are different markets.
+DISTINCT = {
+    "hiragana vs katakana": ("かたかな", "カタカナ"),
+    "simplified vs traditional Chinese": ("汽车", "汽車"),
+    "CJK words are not segmented": ("二手车 出售", "二手车出售"),
+    "Arabic hamza on alef": ("أمل", "امل"),
+    "Arabic teh marbuta vs heh": ("سيارة", "سياره"),
+    "Arabic alef maksura vs yeh": ("على", "علي"),
+    "Persian zero-width non-joiner": ("می\u200cخواهم", "میخواهم"),
+    "Devanagari nukta kept": ("ज़रूरत", "जरूरत"),
+    "Devanagari chandrabindu vs anusvara": ("हँसना", "हंसना"),
+    "Hindi virama with zero-width joiner": ("क्\u200dष", "क्ष"),
+    "Greek accents kept": ("πότε", "ποτε"),
+    "Latin accents kept": ("café", "cafe"),
+    "German umlaut kept": ("schön", "schon"),
+    "Cyrillic e vs Ukrainian ie": ("е", "є"),
+}
+
+
+@pytest.mark.parametrize("pair", list(MEET.values()), ids=list(MEET))
+def test_spellings_meet(pair):
+    first, second = pair
+    assert normalize_key(first) == normalize_key(second)
+
+
+@pytest.mark.parametrize("pair", list(DISTINCT.values()), ids=list(DISTINCT))
+def test_spellings_stay_distinct(pair):
+    first, second = pair
+    assert normalize_key(first) != normalize_key(second)
+
+
+def test_arabic_hamza_on_letters_survives_harakat_removal():
+    # Hamza above (U+0654) is part of a letter, not a vowel mark: decomposed and composed forms meet and keep it.
+    assert normalize_key("\u0627\u0654\u064e\u0645\u0644") == normalize_key("أمل") == "أمل"
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", categories=["Lo", "Mn", "Nd", "Zs", "Cf"]), max_size=12))
+def test_idempotent_on_marks_digits_and_format_characters(text):
+    key = normalize_key(text)
+    assert normalize_key(key) == key

@@ -118,3 +118,86 @@ def test_adapter_path_is_relative_to_the_spec_and_not_in_the_fingerprint(tmp_pat
 def test_builtin_tasks_examples_parse(name):
     task = load_task(name)
     assert task.examples
+
+
+BY_LANGUAGE = """\
+name: t
+output: list
+instruction: Say it otherwise.
+examples:
+  - {input: fallback one, output: a}
+  - {input: fallback two, output: b}
+examples_by_language:
+  de:
+    - {input: laptoptasche, output: notebooktasche}
+    - {input: corona impfung, output: covid impfung}
+  ja:
+    - {input: コロナ ワクチン, output: 新型コロナワクチン}
+    - {input: 格安航空券, output: 激安航空券}
+instruction_by_language:
+  de: Nenne andere Suchanfragen.
+"""
+
+
+def test_examples_and_instruction_are_chosen_by_language(tmp_path):
+    from bulkinfer.prompts import render_prompt
+
+    task = load_task(_write(tmp_path, BY_LANGUAGE + "shots: 1\n"))
+    assert task.languages == ("de", "ja")
+    assert [ex.input for ex in task.examples_for("de")] == ["laptoptasche"]  # shots applies per language
+    assert [ex.input for ex in task.examples_for("ja")] == ["コロナ ワクチン"]
+    assert [ex.input for ex in task.examples_for("fr")] == ["fallback one"]  # no examples for fr: the fallback
+    assert [ex.input for ex in task.examples_for(None)] == ["fallback one"]
+    assert task.instruction_for("de") == "Nenne andere Suchanfragen." and task.instruction_for("ja") == "Say it otherwise."
+    german = render_prompt(task, "regenjacke", language="de")
+    assert german.startswith("Nenne andere Suchanfragen.") and "laptoptasche" in german and "fallback" not in german
+    assert "fallback one" in render_prompt(task, "imperméable", language="fr")
+    assert {ex.input for ex in task.every_shown_example} == {"fallback one", "laptoptasche", "コロナ ワクチン"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ("examples_by_language:\n  pt-BR: [{input: x, output: y}]\n", r"examples_by_language: write 'pt-BR' as 'pt'"),
+        ("examples_by_language:\n  xx: [{input: x, output: y}]\n", r"examples_by_language: 'xx' is not a language code"),
+        ("examples_by_language:\n  no: [{input: x, output: y}]\n", r"YAML reads an unquoted no/yes/on/off as a boolean"),
+        ("examples_by_language:\n  de: []\n", r"examples_by_language.de must be a non-empty list of examples, got \[\]"),
+        ("examples_by_language:\n  de: [{input: x}]\n", r"examples_by_language.de\[0\] must be a mapping with exactly 'input'"),
+        ("examples_by_language: [de]\n", r"examples_by_language must be a mapping of language code to list"),
+        ("examples_by_language:\n  de: [{input: x, output: y}]\nshots: 1\n", r"task.yaml: shots must be in \[-1, 1\]"),
+        ("instruction_by_language:\n  de: ''\n", r"instruction_by_language.de must be a non-empty string"),
+        ("instruction_by_language:\n  DE: Hallo\n", r"instruction_by_language: write 'DE' as 'de'"),
+    ],
+)
+def test_invalid_language_sections(tmp_path, extra, match):
+    two = "name: t\noutput: list\nexamples:\n  - {input: a, output: b}\n  - {input: c, output: d}\n"
+    with pytest.raises(ConfigError, match=match):
+        load_task(_write(tmp_path, (two + extra).replace("shots: 1\n", "shots: 2\n")))
+
+
+def test_shots_must_fit_every_language(tmp_path):
+    text = BY_LANGUAGE.replace("  ja:\n", "  fr:\n    - {input: x, output: y}\n  ja:\n") + "shots: 2\n"
+    with pytest.raises(ConfigError, match=r"shots must be in \[-1, 1\] \(the number of examples_by_language.fr\), got 2"):
+        load_task(_write(tmp_path, text))
+
+
+def test_label_examples_per_language_are_checked(tmp_path):
+    text = "name: t\noutput: label\nlabels: [pome, drupe]\nexamples_by_language:\n  de: [{input: apfel, output: Kernobst}]\n"
+    with pytest.raises(ConfigError, match=r"output 'Kernobst' of example 'apfel' does not parse.*not one of the labels"):
+        load_task(_write(tmp_path, text))
+
+
+def test_language_sections_change_the_fingerprint_only_when_used(tmp_path):
+    plain = load_task(_write(tmp_path, BASE))
+    with_languages = load_task(_write(tmp_path, BASE + "examples_by_language:\n  de: [{input: x, output: y}]\n"))
+    other_language = load_task(_write(tmp_path, BASE + "examples_by_language:\n  fr: [{input: x, output: y}]\n"))
+    assert len({plain.fingerprint(), with_languages.fingerprint(), other_language.fingerprint()}) == 3
+
+
+def test_multilingual_synonyms_task():
+    task = load_task("synonyms_multilingual")
+    assert {"en", "de", "es", "fr", "ja", "zh", "ru", "ar", "hi"} <= set(task.languages)
+    assert task.output_column == "synonyms" and len(task.examples) == task.shots == 3
+    for language in task.languages:
+        assert len(task.examples_for(language)) == 3
+        assert task.examples_for(language) != task.shown_examples

@@ -42,3 +42,21 @@ def test_thousand_spellings_are_one_group():
     with TestPipeline() as p:
         groups, _ = p | beam.Create([{"query": s} for s in spellings]) | NormalizeKeys("query", [], PROVENANCE)
         assert_that(groups | beam.Map(lambda g: (g.key, g.source_rows)), equal_to([("covid vaccine", 1000)]))
+
+
+def test_key_language_is_the_majority_of_its_rows_language_column():
+    rows = [
+        {"query": "Gift", "lang": "en-GB"},
+        {"query": "gift", "lang": "EN"},
+        {"query": "GIFT", "lang": "de"},
+        {"query": "gift ", "lang": None},  # no vote
+        {"query": "taxi", "lang": "fr"},
+        {"query": "Taxi", "lang": "de"},  # a tie: the smaller code
+        {"query": "metro", "lang": "klingon"},  # unrecognised: no vote, so unknown
+    ]
+    with TestPipeline() as p:
+        groups, _ = p | beam.Create(rows) | NormalizeKeys("query", [], PROVENANCE, language_column="lang")
+        assert_that(
+            groups | beam.Map(lambda g: (g.key, g.language, g.source_rows)),
+            equal_to([("gift", "en", 4), ("taxi", "de", 2), ("metro", None, 1)]),
+        )
