@@ -177,12 +177,21 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def model_digest(resolved: str) -> str:
-    """A digest of a model's identity: config, tokenizer and chat template files, weight file names and sizes.
+# Files up to this size are hashed whole; larger ones (weight shards) by samples.
+_WHOLE_FILE_BYTES = 64 * 2**20
+_SAMPLE_BYTES = 2**20
 
-    Hashing every weight byte of a multi-GB model would cost minutes per run; the
-    config, the weights index and the file sizes change whenever the weights do in
-    practice (a fine-tune saves new shards). A hub id hashes to its name.
+
+def model_digest(resolved: str) -> str:
+    """A digest of a model's (or a LoRA adapter's) identity, from the files in its directory.
+
+    Small files (config, tokenizer, chat template, adapter weights) are hashed whole.
+    Weight shards larger than 64 MiB are hashed by size and three 1 MiB samples
+    (start, middle, end): reading every byte of a multi-GB model would cost minutes
+    each run, and a fine-tune rewrites every tensor, so the samples change with it.
+    File sizes alone would not do: a fine-tune of the same shape has the same sizes
+    (measured: two LoRA adapters of one config gave the same size-based digest).
+    A hub id hashes to its name.
     """
     digest = hashlib.sha256()
     path = Path(resolved)
@@ -190,13 +199,18 @@ def model_digest(resolved: str) -> str:
         digest.update(resolved.encode())
         return digest.hexdigest()[:16]
     for item in sorted(path.iterdir()):
-        if not item.is_file():
+        if not item.is_file() or item.name == "README.md":
             continue
         digest.update(item.name.encode())
-        if item.suffix in (".json", ".jinja", ".model", ".txt"):
-            digest.update(item.read_bytes())
-        else:
-            digest.update(str(item.stat().st_size).encode())
+        size = item.stat().st_size
+        digest.update(str(size).encode())
+        with item.open("rb") as f:
+            if size <= _WHOLE_FILE_BYTES:
+                digest.update(f.read())
+                continue
+            for offset in (0, size // 2, size - _SAMPLE_BYTES):
+                f.seek(offset)
+                digest.update(f.read(_SAMPLE_BYTES))
     return digest.hexdigest()[:16]
 
 

@@ -72,7 +72,8 @@ def test_lora_adapter_changes_outputs_deterministically(setup):
 JSON_TASK = dataclasses.replace(
     SYNONYMS,
     instruction="List synonyms as JSON.",
-    shots=0,
+    examples=(),
+    shots=-1,
     sampling=SamplingSpec(max_tokens=200, stop=("\n",)),
     structured=StructuredSpec(
         json_schema=json.dumps(
