@@ -105,3 +105,32 @@ def test_chat_task_on_a_model_without_chat_template_fails_before_any_work(tiny_m
     with pytest.raises(ConfigError, match="has format: chat, but --model .* has no chat template"):
         run(["--task", str(spec), "--input", str(corpus), "--output", str(tmp_path / "t"), "--model", str(plain)])
     assert not (tmp_path / "t" / "CURRENT").exists()
+
+
+CHAT_JSON_SPEC = """\
+name: synonyms_json
+output: list
+format: chat
+instruction: Give other ways to search for the query, as JSON.
+template: {query: "{query}"}
+structured:
+  json_schema:
+    type: object
+    properties: {synonyms: {type: array, items: {type: string, maxLength: 12}, minItems: 1, maxItems: 3}}
+    required: [synonyms]
+parser: {json_field: synonyms}
+sampling: {max_tokens: 200}
+gates: {min_valid_rate: 1.0}
+"""
+
+
+def test_chat_task_with_json_schema_parses_every_answer_end_to_end(tiny_model, corpus, tmp_path):
+    spec = tmp_path / "synonyms_json.yaml"
+    spec.write_text(CHAT_JSON_SPEC)
+    out = tmp_path / "table"
+    argv = ["--task", str(spec), "--input", str(corpus), "--output", str(out), "--model", str(tiny_model), "--max_model_len", "512"]
+    manifest = run(argv)
+    assert manifest["quality"]["valid_rate"] == 1.0 and manifest["counts"]["generated"] == 5
+    assert "unparseable_output" not in manifest["dead_letter_reasons"]
+    rows = [row for shard in out.glob("versions/*/predictions-*.parquet") for row in pq.read_table(shard).to_pylist()]
+    assert rows and all(row["raw_output"].startswith('{"synonyms":[') for row in rows)
