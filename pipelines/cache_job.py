@@ -23,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bulkinfer import layout, quality
+from bulkinfer import layout, quality, store
 from bulkinfer.errors import ConfigError, GateError, InputError
 from bulkinfer.lock import TableLock
 from bulkinfer.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, SCHEMA_VERSION, Provenance, prediction_schema
@@ -116,6 +116,8 @@ def run(
                 f"in {plan.vdir}; {job.output} still serves {previous or 'nothing'}"
                 + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
             )
+        # Lookups open the version's store, not its Parquet: build it while readers still see the previous version.
+        store.write_store(job.output, plan.provenance.run_id)
         layout.publish(job.output, plan.provenance.run_id)
         # Published: every checkpointed result is in the table now (or was superseded).
         checkpoints = FileSystems.join(job.output, layout.CHECKPOINTS)
