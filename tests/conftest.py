@@ -87,3 +87,42 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def write_version(table: Path, version: str, answers: dict[str, list[str]], *, publish: bool = True, store: bool = True) -> Path:
+    """Writes one complete version of a synonyms table without running the job; returns its directory.
+
+    Rows carry every prediction column with fixed provenance (``run_id`` is the
+    version); ``store`` also builds its ``store.sqlite`` the way the job does.
+    """
+    from bulkinfer import layout
+    from bulkinfer import store as stores
+
+    vdir = table / "versions" / version
+    vdir.mkdir(parents=True)
+    keys = sorted(answers)
+    n = len(keys)
+    rows = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "query": pa.array(keys, pa.string()),
+            "synonyms": pa.array([answers[k] for k in keys], pa.list_(pa.string())),
+            "raw_output": pa.array([", ".join(answers[k]) for k in keys], pa.string()),
+            "source_rows": pa.array([1] * n, pa.int64()),
+            "model": ["fake-model"] * n,
+            "model_digest": ["digest"] * n,
+            "task": ["synonyms"] * n,
+            "task_fingerprint": ["tf"] * n,
+            "fingerprint": ["fp"] * n,
+            "engine": ["none"] * n,
+            "run_id": [version] * n,
+        }
+    )
+    pq.write_table(rows, vdir / "predictions-00000-of-00001.parquet")
+    manifest = {"version": version, "output_column": "synonyms", "output_kind": "list", "run_id": version, "counts": {"keys": n}}
+    layout.write_manifest(str(vdir), manifest)
+    if store:
+        stores.write_store(str(table), version)
+    if publish:
+        layout.publish(str(table), version)
+    return vdir
