@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 import orjson
 
@@ -278,11 +278,14 @@ class LookupApp:
             self.metrics.misses.inc(len(answers) - hits)
 
     async def _get_lookup(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        raw = scope["query_string"]
         try:
-            params = parse_qs(scope["query_string"].decode("ascii"), keep_blank_values=True, errors="strict")
+            if raw.startswith(b"q=") and b"&" not in raw:  # the usual request: skip parse_qs, a quarter of the app's time
+                values = [unquote_plus(raw[2:].decode("ascii"), errors="strict")]
+            else:
+                values = parse_qs(raw.decode("ascii"), keep_blank_values=True, errors="strict").get("q")
         except UnicodeDecodeError as e:
             raise _UserError(400, "bad_query_string", f"the query string is not percent-encoded UTF-8: {e}") from e
-        values = params.get("q")
         if not values:
             raise _UserError(422, "missing_q", "give the query as ?q=...; POST /v1/lookup takes a batch")
         if len(values) > 1:
@@ -290,7 +293,7 @@ class LookupApp:
         query = self._check_query(values[0], "q")
         table = self._serving()
         answer = table.answer(query)
-        self._count([answer])
+        (self.metrics.hits if answer["found"] else self.metrics.misses).inc()
         return 200, orjson.dumps(answer), [_JSON, (b"x-bulkinfer-version", table.version.encode())]
 
     async def _post_lookup(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

@@ -63,9 +63,7 @@ class PredictionTable:
 
     def get(self, query: str) -> dict[str, Any] | None:
         """The prediction row for a query, or None when the table has no row for its key."""
-        key = normalize_key(query)
-        value = self.store.get(key)
-        return None if value is None else self._row(key, value)
+        return self._get_key(normalize_key(query))
 
     def get_many(self, queries: Iterable[str]) -> list[dict[str, Any] | None]:
         """``get`` for each query, in order, with one store read for the whole batch."""
@@ -79,15 +77,22 @@ class PredictionTable:
         ``{"query", "key", "found", <output column>, "version"}``, plus ``model`` and
         ``run_id`` when found; a miss has an empty list (list tasks) or null as output.
         """
-        return self._answer(query, normalize_key(query), self.get(query))
+        key = normalize_key(query)
+        return self._answer(query, key, self._get_key(key))
 
     def answer_many(self, queries: list[str]) -> list[dict[str, Any]]:
         """``answer`` for each query, in order, with one store read for the whole batch."""
-        return [self._answer(q, normalize_key(q), row) for q, row in zip(queries, self.get_many(queries), strict=True)]
+        keys = [normalize_key(q) for q in queries]
+        found = self.store.get_many(set(keys))
+        return [self._answer(q, key, self._row(key, found[key]) if key in found else None) for q, key in zip(queries, keys, strict=True)]
 
     def close(self) -> None:
         """Closes the store; later lookups fail."""
         self.store.close()
+
+    def _get_key(self, key: str) -> dict[str, Any] | None:
+        value = self.store.get(key)
+        return None if value is None else self._row(key, value)
 
     def _row(self, key: str, value: bytes) -> dict[str, Any]:
         row = {"key": key}
