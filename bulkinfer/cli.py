@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+import time
 
 from bulkinfer.errors import ConfigError, GateError, InputError, TableError
 
@@ -24,6 +24,26 @@ def main(argv: list[str] | None = None) -> int:
     lookup.add_argument("--table", required=True, help="table directory (the job's --output)")
     lookup.add_argument("--version", default=None, help="a version name (default: the published one)")
     lookup.add_argument("queries", nargs="*", help="queries to look up; none: read one per line from stdin")
+    export = commands.add_parser("export", help="export a version for lookups: an embedded store file, or Redis")
+    targets = export.add_subparsers(dest="target", required=True)
+    export_store = targets.add_parser("store", help="write versions/<version>/store.sqlite (versions published before stores existed)")
+    export_store.add_argument("--table", required=True, help="table directory")
+    export_store.add_argument("--version", default=None, help="a version name (default: the published one)")
+    export_redis = targets.add_parser("redis", help="write a version to Redis under its own namespace, then flip the pointer")
+    export_redis.add_argument("--table", required=True, help="table directory")
+    export_redis.add_argument("--url", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0")
+    export_redis.add_argument("--name", default=None, help="table name in the key layout (default: the table directory's name)")
+    export_redis.add_argument("--version", default=None, help="a version name (default: the published one)")
+    export_redis.add_argument("--grace_seconds", type=int, default=600, help="how long superseded versions stay readable (default 600)")
+    export_redis.add_argument("--batch_keys", type=int, default=10_000, help="keys per pipelined round trip (default 10000)")
+    serve = commands.add_parser("serve", help="HTTP lookup service for the published version; follows new publishes")
+    serve.add_argument("--table", required=True, help="table directory")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--max_query_chars", type=int, default=1024, help="longest query accepted (default 1024)")
+    serve.add_argument("--max_batch", type=int, default=1000, help="most queries per POST (default 1000)")
+    serve.add_argument("--reload_interval", type=float, default=1.0, help="seconds between checks of CURRENT (default 1)")
+    serve.add_argument("--access_log", action="store_true", help="log every request")
     commands.add_parser("tasks", help="list the built-in task specs")
     versions = commands.add_parser("versions", help="list a table's versions with their manifest counts; one JSON object per line")
     versions.add_argument("--table", required=True, help="table directory")
@@ -59,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "export-training":
             return _export_training(args)
+        if args.command == "export":
+            return _export_store(args) if args.target == "store" else _export_redis(args)
+        if args.command == "serve":
+            return _serve(args)
         return _tasks()
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
@@ -98,23 +122,12 @@ def _run(argv: list[str]) -> int:
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    from bulkinfer.keys import normalize_key
     from bulkinfer.table import open_table
 
-    table = open_table(args.table, args.version)
-    queries = args.queries or [line.rstrip("\n") for line in sys.stdin]
-    empty: Any = [] if table.manifest.get("output_kind") == "list" else None
-    for query in queries:
-        row = table.get(query)
-        out = {
-            "query": query,
-            "key": normalize_key(query),
-            "found": row is not None,
-            table.output_column: row[table.output_column] if row else empty,
-        }
-        if row:
-            out.update(version=table.version, model=row["model"], run_id=row["run_id"])
-        print(json.dumps(out, ensure_ascii=False))
+    with open_table(args.table, args.version) as table:
+        queries = args.queries or [line.rstrip("\n") for line in sys.stdin]
+        for answer in table.answer_many(queries):
+            print(json.dumps(answer, ensure_ascii=False))
     return 0
 
 
@@ -176,6 +189,44 @@ def _export_training(args: argparse.Namespace) -> int:
         metadata=not args.no_metadata,
     )
     print(json.dumps(asdict(result), ensure_ascii=False))
+    return 0
+
+
+def _export_store(args: argparse.Namespace) -> int:
+    from bulkinfer import layout, store
+
+    version = args.version or layout.read_current(args.table)
+    if version is None:
+        raise TableError(f"{args.table} has no published version (no {layout.CURRENT} file); give --version")
+    started = time.perf_counter()
+    path = store.write_store(args.table, version)
+    print(json.dumps({"table": args.table, "version": version, "store": path, "seconds": round(time.perf_counter() - started, 3)}))
+    return 0
+
+
+def _export_redis(args: argparse.Namespace) -> int:
+    from bulkinfer.redis_export import RedisExportConfig, export_version
+
+    name = args.name or args.table.rstrip("/").rsplit("/", 1)[-1]
+    config = RedisExportConfig(url=args.url, name=name, grace_seconds=args.grace_seconds, batch_keys=args.batch_keys)
+    print(json.dumps({"table": args.table, **export_version(args.table, config, args.version)}))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bulkinfer.serve import ServeConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        table=args.table,
+        host=args.host,
+        port=args.port,
+        max_query_chars=args.max_query_chars,
+        max_batch=args.max_batch,
+        reload_interval_s=args.reload_interval,
+        access_log=args.access_log,
+    )
+    serve(config)
     return 0
 
 

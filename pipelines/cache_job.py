@@ -24,7 +24,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bulkinfer import layout, quality
+from bulkinfer import layout, quality, store
 from bulkinfer.errors import ConfigError, GateError, InputError
 from bulkinfer.keys import KEY_VERSION
 from bulkinfer.languages import LanguageDetector
@@ -188,6 +188,8 @@ def _run_table(
                 f"in {plan.vdir}; {output} still serves {previous or 'nothing'}"
                 + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
             )
+        # Lookups open the version's store, not its Parquet: build it while readers still see the previous version.
+        store.write_store(output, plan.provenance.run_id)
         layout.publish(output, plan.provenance.run_id)
         # Published: every checkpointed result is in the table now (or was superseded).
         checkpoints = FileSystems.join(output, layout.CHECKPOINTS)
