@@ -16,8 +16,10 @@ and only after the version it names is complete.
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +35,11 @@ MANIFEST = "manifest.json"
 PREDICTIONS = "predictions"
 DEAD_LETTER = "dead_letter"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def local_cache_dir() -> Path:
+    """Where bulkinfer keeps local files (converted models, lookup stores): ``$BULKINFER_CACHE`` or ``~/.cache/bulkinfer``."""
+    return Path(os.environ.get("BULKINFER_CACHE", Path.home() / ".cache" / "bulkinfer"))
 
 
 def valid_version(version: str) -> bool:

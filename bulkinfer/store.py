@@ -312,9 +312,7 @@ def _open_matching(path: str | os.PathLike[str], version: str, digest: str) -> S
 
 def _cache_path(table: str, version: str, digest: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     if cache_dir is None:
-        from models.gemma import default_cache_dir
-
-        cache_dir = default_cache_dir() / "stores"
+        cache_dir = layout.local_cache_dir() / "stores"
     location = table if "://" in table else os.path.abspath(table)
     table_id = hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
     return Path(cache_dir) / table_id / f"{version}-{digest[:16]}.sqlite"

@@ -14,16 +14,12 @@ import tempfile
 from pathlib import Path
 
 from bulkinfer.errors import ConfigError
+from bulkinfer.layout import local_cache_dir
 
 GEMMA_ALIAS = "gemma3-270m"
 """The ``--model`` value that names this model."""
 
 _LOG = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    """Where converted models live: ``$BULKINFER_CACHE`` or ``~/.cache/bulkinfer``."""
-    return Path(os.environ.get("BULKINFER_CACHE", Path.home() / ".cache" / "bulkinfer"))
 
 
 def ensure_gemma_dir(cache_dir: Path | None = None) -> Path:
@@ -35,7 +31,7 @@ def ensure_gemma_dir(cache_dir: Path | None = None) -> Path:
     Raises:
         ImportError: the model package or the converter's dependencies are missing.
     """
-    target = (cache_dir or default_cache_dir()) / "models" / "gemma-3-270m"
+    target = (cache_dir or local_cache_dir()) / "models" / "gemma-3-270m"
     if (target / "config.json").is_file():
         return target
     try:
