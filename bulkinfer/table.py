@@ -11,6 +11,7 @@ version's embedded store (:mod:`bulkinfer.store`), not its Parquet shards.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from types import TracebackType
@@ -20,8 +21,10 @@ import orjson
 
 from bulkinfer import layout
 from bulkinfer.errors import TableError
-from bulkinfer.keys import normalize_key
+from bulkinfer.keys import KEY_VERSION, normalize_key
 from bulkinfer.store import Store, open_store
+
+_LOG = logging.getLogger(__name__)
 
 
 class PredictionTable:
@@ -127,4 +130,15 @@ def open_table(location: str, version: str | None = None, cache_dir: str | os.Pa
     if version is None:
         raise TableError(f"{location} has no published version (no {layout.CURRENT} file); run `bulkinfer run --output {location}` first")
     manifest = layout.read_manifest(layout.version_dir(location, version))
+    made_with = manifest.get("key_normalizer", 1)  # versions from before it was recorded used version 1
+    if made_with != KEY_VERSION:
+        # Not an error: ASCII keys are the same under every version; other spellings may miss.
+        _LOG.warning(
+            "%s version %s was keyed with key normaliser version %s, this reader uses %s: "
+            "lookups of some non-ASCII spellings may miss; rerun the job with this bulkinfer, or read with the matching one",
+            location,
+            version,
+            made_with,
+            KEY_VERSION,
+        )
     return PredictionTable(location, version, manifest, open_store(location, version, manifest, cache_dir))

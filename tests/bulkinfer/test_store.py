@@ -150,3 +150,21 @@ def test_threads_share_one_table(tmp_path):
 def _cli(*args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "bulkinfer.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_a_table_keyed_by_another_normaliser_version_opens_with_a_warning(tmp_path, caplog):
+    import json
+
+    from bulkinfer.keys import KEY_VERSION
+    from bulkinfer.table import open_table
+    from tests.conftest import write_version
+
+    table = tmp_path / "t"
+    write_version(table, "v1", {"a": ["b"]}, store=False)
+    manifest_path = table / "versions" / "v1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["key_normalizer"] = KEY_VERSION - 1
+    manifest_path.write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="bulkinfer.table"):
+        assert open_table(str(table), cache_dir=tmp_path / "cache").get("A")["synonyms"] == ["b"]
+    assert f"key normaliser version {KEY_VERSION - 1}, this reader uses {KEY_VERSION}" in caplog.text
