@@ -177,6 +177,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
                 seed=s.seed,
                 frequency_penalty=s.frequency_penalty,
                 stop=list(s.stop),
+                ignore_eos=s.ignore_eos,
                 skip_special_tokens=True,
                 structured_outputs=structured,
             )
@@ -257,6 +258,11 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             self._output_tokens.inc(len(completion.token_ids))
         self._generated.inc(len(generations))
         return generations
+
+    def batches(self, requests: Sequence[PromptRequest]) -> list[list[PromptRequest]]:
+        """``requests`` cut into the batches ``RunInference`` gives ``run_inference`` (for benchmarks of the stage alone)."""
+        size = self._batching_kwargs["max_batch_size"]
+        return [list(requests[i : i + size]) for i in range(0, len(requests), size)]
 
     def get_num_bytes(self, batch: Sequence[PromptRequest]) -> int:
         return sum(len(r.prompt) for r in batch)
