@@ -82,7 +82,11 @@ def task_spec(count_tokens: Callable[[str], int], prefix_tokens: int = PREFIX_TO
         "description": "W1 of the throughput issue: few-shot synonyms, 32 output tokens, ignore_eos",
         "instruction": "For each search query list other ways people search for the same thing separated by commas.",
         "examples": [],
-        "template": {"prefix": "{instruction}\n\n", "example": "query: {input}\nsynonyms: {output}\n\n", "query": "query: {query}\nsynonyms:"},
+        "template": {
+            "prefix": "{instruction}\n\n",
+            "example": "query: {input}\nsynonyms: {output}\n\n",
+            "query": "query: {query}\nsynonyms:",
+        },
         "sampling": {"temperature": 0.0, "max_tokens": OUTPUT_TOKENS, "stop": [], "ignore_eos": True, "frequency_penalty": 0.0},
         "gates": {},
     }
@@ -190,12 +194,14 @@ class _Setup:
 
 
 class _Raw:
-    """Variant a: ``vllm.LLM`` with its defaults (on CPU eager: compiling costs minutes there)."""
+    """Variant a: ``vllm.LLM`` with its defaults, but the dtype every variant uses (vLLM CPU's
+    default turns float32 weights into bfloat16, 4x slower on AVX2) and, on CPU, eager mode
+    (compiling costs minutes there; the job runs eager on CPU too)."""
 
     def __init__(self, s: _Setup):
         import vllm
 
-        kwargs: dict[str, Any] = {"model": s.model, "seed": 0}
+        kwargs: dict[str, Any] = {"model": s.model, "seed": 0, "dtype": s.dtype}
         if s.device == "cpu":
             kwargs["enforce_eager"] = True
         self._llm = vllm.LLM(**kwargs)
@@ -238,7 +244,7 @@ class _BeamVLLM:
     def __init__(self, s: _Setup):
         from apache_beam.ml.inference.vllm_inference import _VLLMModelServer
 
-        server_kwargs: dict[str, str | None] = {"seed": "0", "disable-log-requests": None}
+        server_kwargs: dict[str, str | None] = {"seed": "0", "dtype": s.dtype, "disable-log-requests": None}
         if s.device == "cpu":
             server_kwargs["enforce-eager"] = None
         self._key = f"bench-{os.getpid()}"
@@ -322,6 +328,7 @@ class _Bulkinfer:
         ]  # fmt: skip
         job = PipelineOptions([*self._argv_base, "--output", str(s.root / "probe")]).view_as(CacheJobOptions)
         self._plan = _plan(job, real_engine=True)[0]
+        self._pretokenize = job.pretokenize == "on"
         self._handler = _handler(job, self._plan, share_as=self._share)
         start = time.perf_counter()
         self._engine = self._handler.load_model()
@@ -346,12 +353,22 @@ class _Bulkinfer:
         return Measure(seconds, manifest["counts"]["generated"], tokens)
 
     def engine_stage(self) -> Measure:
+        from dataclasses import replace
+
         from bulkinfer.prompts import render_prompt
         from bulkinfer.records import PromptRequest
+        from models.vllm_handler import tokenize_requests
 
         task = self._plan.task
         requests = [PromptRequest(key=k, query=k, prompt=render_prompt(task, k), source_rows=1) for k in self._s.keys]
         start = time.perf_counter()
+        if self._pretokenize:  # what TokenizePrompts does in the job, timed with the stage
+            tokenizer = self._engine.get().tokenizer
+            requests = [
+                replace(r, prompt_token_ids=tuple(ids))
+                for i in range(0, len(requests), 512)
+                for r, ids in zip(requests[i : i + 512], tokenize_requests(tokenizer, requests[i : i + 512]), strict=True)
+            ]
         generations = []
         for batch in self._handler.batches(requests):
             generations.extend(self._handler.run_inference(batch, self._engine))

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--task", default=None, help="task name or spec path; only for versions whose manifest has no task_spec")
     export.add_argument("--no-metadata", action="store_true", help="leave out the per-record metadata object (provenance)")
 
-    bench = commands.add_parser("bench", help="generation throughput: raw vLLM, Beam's vLLM handler, the bulkinfer job and its engine stage")
+    bench = commands.add_parser("bench", help="generation throughput: raw vLLM, Beam's vLLM handler, the job and its engine stage")
     bench.add_argument("--device", default="cpu", help="cpu (tiny model, default) or gpu (workload W1's Qwen2.5-0.5B-shaped model, bf16)")
     bench.add_argument("--prompts", type=int, default=512, help="distinct prompts per pass (default 512)")
     bench.add_argument("--repeats", type=int, default=3, help="timed passes per variant, interleaved; figures are medians (default 3)")
-    bench.add_argument("--only", default="a,b,c,d", help="variants to run, comma-separated: a raw vLLM, b Beam's handler, c job, d engine stage")
+    bench.add_argument("--only", default="a,b,c,d", help="variants, comma-separated: a raw vLLM, b Beam's handler, c job, d engine stage")
     bench.add_argument("--out", default=None, help="also write the result as JSON to this file")
     bench.add_argument("--model", default=None, help="an existing model directory instead of building one")
     bench.add_argument("--job_args", default="", help="extra `bulkinfer run` flags for c and d, e.g. '--batch_size 1024'")
