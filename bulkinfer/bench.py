@@ -244,17 +244,11 @@ class _BeamVLLM:
     def __init__(self, s: _Setup):
         from apache_beam.ml.inference.vllm_inference import _VLLMModelServer
 
-        server_kwargs: dict[str, str | None] = {"seed": "0", "dtype": s.dtype, "disable-log-requests": None}
+        server_kwargs: dict[str, str | None] = {"seed": "0", "dtype": s.dtype}
         if s.device == "cpu":
             server_kwargs["enforce-eager"] = None
         self._key = f"bench-{os.getpid()}"
-        try:
-            _SERVERS[self._key] = _VLLMModelServer(s.model, server_kwargs)
-        except Exception as e:
-            if "disable-log-requests" not in str(e):
-                raise
-            del server_kwargs["disable-log-requests"]
-            _SERVERS[self._key] = _VLLMModelServer(s.model, server_kwargs)
+        _SERVERS[self._key] = _VLLMModelServer(s.model, server_kwargs)
         self._handler = _warm_handler_class()(s.model, self._key, vllm_server_kwargs=server_kwargs)
         self._prompts = s.prompts
 
