@@ -42,6 +42,8 @@ VARIANTS = {
 }
 OUTPUT_TOKENS = 32
 PREFIX_TOKENS = 200
+GPU_KV_BYTES = 10 * 2**30
+"""KV cache of each engine on GPU (a, b and the job's engine are alive together)."""
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ra", "te", "po", "vi", "da", "gu", "be", "zo", "fa", "ri", "chu"]
 
@@ -204,6 +206,9 @@ class _Raw:
         kwargs: dict[str, Any] = {"model": s.model, "seed": 0, "dtype": s.dtype}
         if s.device == "cpu":
             kwargs["enforce_eager"] = True
+        else:
+            # Three engines share the GPU in one bench: a fixed KV budget each, not 90% of the GPU.
+            kwargs["kv_cache_memory_bytes"] = GPU_KV_BYTES
         self._llm = vllm.LLM(**kwargs)
         self._params = vllm.SamplingParams(temperature=0.0, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
         self._prompts = s.prompts
@@ -247,6 +252,8 @@ class _BeamVLLM:
         server_kwargs: dict[str, str | None] = {"seed": "0", "dtype": s.dtype}
         if s.device == "cpu":
             server_kwargs["enforce-eager"] = None
+        else:
+            server_kwargs["kv-cache-memory-bytes"] = str(GPU_KV_BYTES)
         self._key = f"bench-{os.getpid()}"
         _SERVERS[self._key] = _VLLMModelServer(s.model, server_kwargs)
         self._handler = _warm_handler_class()(s.model, self._key, vllm_server_kwargs=server_kwargs)
@@ -316,9 +323,10 @@ class _Bulkinfer:
 
         self._s = s
         self._share = f"bench-bulkinfer-{os.getpid()}"
+        kv = ["--kv_cache_gib", str(GPU_KV_BYTES / 2**30)] if s.device == "gpu" else []
         self._argv_base = [
             "--task", s.task_path, "--input", s.corpus, "--model", s.model, "--max_model_len", str(s.max_model_len),
-            "--dtype", s.dtype, *s.job_args,
+            "--dtype", s.dtype, *kv, *s.job_args,
         ]  # fmt: skip
         job = PipelineOptions([*self._argv_base, "--output", str(s.root / "probe")]).view_as(CacheJobOptions)
         self._plan = _plan(job, real_engine=True)[0]
