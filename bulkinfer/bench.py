@@ -19,6 +19,7 @@ the model has Qwen2.5-0.5B's shape (``models.w1``, bf16); on CPU the tiny test L
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -380,6 +381,9 @@ class _Bulkinfer:
     def close(self) -> None:
         from models.vllm_handler import release_shared_engine
 
+        # Dropping the engine leaves its idle engine-core processes polling (a fifth of a
+        # core each, measured): shut them down.
+        _shutdown(self._engine.get().llm)
         release_shared_engine(self._share)
 
 
@@ -401,6 +405,7 @@ def run_bench(
     model: str | None = None,
     job_args: Sequence[str] = (),
     workdir: str | None = None,
+    steps: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
     """Runs the variants in ``only`` over ``prompts`` W1 prompts, ``repeats`` passes each, interleaved.
 
@@ -412,6 +417,9 @@ def run_bench(
         model: an existing model directory instead of building one (it must know the workload's words).
         job_args: extra ``bulkinfer run`` flags for c and d (e.g. ``--batch_size 1024``).
         workdir: where to build the model, corpus and tables (default: a temporary directory).
+        steps: more engine-stage variants, ``d1``, ``d2``, ...: each the job's flags of
+            ``job_args`` plus its own (e.g. ``["--batch_size", "256"]``), on the same engine
+            and interleaved with the others, to compare settings under the same load.
 
     Returns:
         The :func:`summarise` result, with the machine, versions and load.
@@ -478,6 +486,7 @@ def run_bench(
             },
             "model": "tiny random Llama (models.tiny)" if device == "cpu" else "Qwen2.5-0.5B-shaped random weights (models.w1), bf16",
             "job_args": list(job_args),
+            "steps": [list(x) for x in steps],
             "repeats": repeats,
             "load_before": _load(),
         }
@@ -499,13 +508,18 @@ def run_bench(
                 except Exception as e:  # recorded, not raised: the other variants still run
                     results["b"].skipped = f"{type(e).__name__}: {e}"[:500]
                     _LOG.warning("variant b could not run: %s", results["b"].skipped)
-            if "c" in only or "d" in only:
+            if "c" in only or "d" in only or steps:
                 ours = _Bulkinfer(setup)
                 closers.append(ours.close)
                 for name, fn in (("c", ours.pipeline), ("d", ours.engine_stage)):
                     if name in only:
                         results[name].start_seconds = ours.start_seconds
                         passes[name] = fn
+                for i, extra in enumerate(steps, start=1):
+                    # Same engine (shared by key), other batching/tokenising flags.
+                    step = _Bulkinfer(dataclasses.replace(setup, job_args=[*setup.job_args, *extra]))
+                    results[f"d{i}"] = VariantResult(f"d{i}", f"engine stage with {' '.join(extra)}", start_seconds=0.0)
+                    passes[f"d{i}"] = step.engine_stage
             for name in passes:  # one warm-up pass each (first-call costs, compile caches), not counted
                 passes[name]()
             for _ in range(repeats):

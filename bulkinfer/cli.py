@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", default=None, help="also write the result as JSON to this file")
     bench.add_argument("--model", default=None, help="an existing model directory instead of building one")
     bench.add_argument("--job_args", default="", help="extra `bulkinfer run` flags for c and d, e.g. '--batch_size 1024'")
+    bench.add_argument(
+        "--step",
+        action="append",
+        default=[],
+        help="an engine-stage variant d1, d2, ... with these extra job flags (repeat), interleaved with the others on the same engine",
+    )
 
     if argv[:1] == ["run"]:
         return _run(argv[1:])
@@ -199,7 +205,8 @@ def _bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bulkinfer").setLevel(logging.INFO)
     only = [v.strip() for v in args.only.split(",") if v.strip()]
-    result = run_bench(args.device, args.prompts, only, args.repeats, args.model, shlex.split(args.job_args))
+    steps = [shlex.split(step) for step in args.step]
+    result = run_bench(args.device, args.prompts, only, args.repeats, args.model, shlex.split(args.job_args), steps=steps)
     if args.out:
         from bulkinfer import layout
 
