@@ -77,8 +77,8 @@ class CacheJobOptions(PipelineOptions):
         parser.add_argument(
             "--pretokenize",
             choices=("on", "off"),
-            default="on",
-            help="tokenise prompts in their own stage before Generate (default on); off: inside the engine call",
+            default="off",
+            help="on: tokenise prompts in their own stage before Generate (exact token budgets); off (default): inside the engine call",
         )
         parser.add_argument(
             "--engines_per_gpu",
