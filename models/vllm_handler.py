@@ -108,9 +108,9 @@ def release_shared_engine(key: str) -> None:
 class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
     """Generates completions for :class:`PromptRequest` batches with ``vllm.LLM``.
 
-    Prompts come tokenised from ``TokenizePrompts`` (requests without token ids are
-    tokenised here with the model's tokenizer, chat turns through its chat template
-    first), are checked against the context length (too long: a ``prompt_too_long``
+    Prompts are tokenised here with the model's tokenizer, chat turns through its chat
+    template first (unless they come tokenised from ``TokenizePrompts``), are checked
+    against the context length (too long: a ``prompt_too_long``
     result, not a failed batch) and handed to the engine as token ids, sorted so
     that prompts sharing a prefix are scheduled together (results keep the input
     order). A batch the engine raises on is retried once, then bisected so that only
