@@ -239,9 +239,15 @@ def _warm_handler_class() -> type:
             self._server_key = server_key
 
         def load_model(self) -> Any:
-            return _SERVERS[self._server_key]
+            return _server(self._server_key)
 
     return WarmServerHandler
+
+
+def _server(key: str) -> Any:
+    # A module function, pickled by reference: the handler class above is pickled by
+    # value, and must not drag the server (a subprocess) along.
+    return _SERVERS[key]
 
 
 class _BeamVLLM:
