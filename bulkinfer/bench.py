@@ -405,7 +405,7 @@ def _shutdown(llm: Any) -> None:
 
 def run_bench(
     device: str = "cpu",
-    prompts: int = 512,
+    prompts: int = 1024,
     only: Sequence[str] = ("a", "b", "c", "d"),
     repeats: int = 3,
     model: str | None = None,

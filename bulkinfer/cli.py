@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = commands.add_parser("bench", help="generation throughput: raw vLLM, Beam's vLLM handler, the job and its engine stage")
     bench.add_argument("--device", default="cpu", help="cpu (tiny model, default) or gpu (workload W1's Qwen2.5-0.5B-shaped model, bf16)")
-    bench.add_argument("--prompts", type=int, default=512, help="distinct prompts per pass (default 512)")
+    bench.add_argument("--prompts", type=int, default=1024, help="distinct prompts per pass (default 1024)")
     bench.add_argument("--repeats", type=int, default=3, help="timed passes per variant, interleaved; figures are medians (default 3)")
     bench.add_argument("--only", default="a,b,c,d", help="variants, comma-separated: a raw vLLM, b Beam's handler, c job, d engine stage")
     bench.add_argument("--out", default=None, help="also write the result as JSON to this file")
