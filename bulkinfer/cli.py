@@ -65,6 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--task", default=None, help="task name or spec path; only for versions whose manifest has no task_spec")
     export.add_argument("--no-metadata", action="store_true", help="leave out the per-record metadata object (provenance)")
 
+    bench = commands.add_parser("bench", help="generation throughput: raw vLLM, Beam's vLLM handler, the job and its engine stage")
+    bench.add_argument("--device", default="cpu", help="cpu (tiny model, default) or gpu (workload W1's Qwen2.5-0.5B-shaped model, bf16)")
+    bench.add_argument("--prompts", type=int, default=1024, help="distinct prompts per pass (default 1024)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed passes per variant, interleaved; figures are medians (default 3)")
+    bench.add_argument("--only", default="a,b,c,d", help="variants, comma-separated: a raw vLLM, b Beam's handler, c job, d engine stage")
+    bench.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    bench.add_argument("--model", default=None, help="an existing model directory instead of building one")
+    bench.add_argument("--job_args", default="", help="extra `bulkinfer run` flags for c and d, e.g. '--batch_size 1024'")
+    bench.add_argument(
+        "--step",
+        action="append",
+        default=[],
+        help="an engine-stage variant d1, d2, ... with these extra job flags (repeat), interleaved with the others on the same engine",
+    )
+
     if argv[:1] == ["run"]:
         return _run(argv[1:])
     args = parser.parse_args(argv)
@@ -83,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export_store(args) if args.target == "store" else _export_redis(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            return _bench(args)
         return _tasks()
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
@@ -227,6 +244,25 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     serve(config)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from bulkinfer.bench import render_table, run_bench
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bulkinfer").setLevel(logging.INFO)
+    only = [v.strip() for v in args.only.split(",") if v.strip()]
+    steps = [shlex.split(step) for step in args.step]
+    result = run_bench(args.device, args.prompts, only, args.repeats, args.model, shlex.split(args.job_args), steps=steps)
+    if args.out:
+        from bulkinfer import layout
+
+        layout.write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(render_table(result))
     return 0
 
 

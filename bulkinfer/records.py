@@ -54,6 +54,9 @@ class PromptRequest:
     template renders; ``prompt`` is then a readable rendering of them, for humans."""
     language: str | None = None
     """The key's language code, which chose the prompt's examples; None when unknown."""
+    prompt_token_ids: tuple[int, ...] = ()
+    """The prompt in the model's tokens, attached by ``TokenizePrompts`` (chat turns
+    already through the chat template); empty: the model handler tokenises it."""
 
 
 @dataclass(frozen=True)

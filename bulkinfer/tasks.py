@@ -76,6 +76,11 @@ class SamplingSpec:
     small base models otherwise repeat one item ("x, x, x, ...")."""
     stop: tuple[str, ...] = ("\n",)
     """Generation ends at the first of these strings (not included in the output)."""
+    ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token (stop strings still apply), so
+    every answer has ``max_tokens`` tokens when ``stop`` is empty. For benchmarks
+    (``bulkinfer bench`` needs equal output lengths across engines); a real task
+    leaves it off, or its answers run on into noise."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 5.0:
@@ -301,6 +306,8 @@ class TaskSpec:
         for name in ("examples_by_language", "instruction_by_language"):
             if not spec[name]:
                 del spec[name]
+        if not spec["sampling"]["ignore_eos"]:
+            del spec["sampling"]["ignore_eos"]
         payload = json.dumps({"spec": spec, "parser_version": PARSER_VERSION}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -34,6 +34,11 @@ class EngineConfig:
     """Sequences the engine schedules at once."""
     tensor_parallel_size: int = 1
     """GPUs one engine spans."""
+    engines_per_gpu: int = 1
+    """Engine processes sharing one GPU (short-output jobs are bound by each engine's
+    host-side work, not by the GPU). Each takes ``kv_cache_gib`` of KV cache, set as a
+    fixed byte budget so engines starting together do not trip each other's memory
+    profiling, and ``gpu_memory_utilization / engines_per_gpu`` of the GPU."""
     seed: int = 0
     """Engine seed."""
     enforce_eager: bool | None = None
@@ -55,6 +60,12 @@ class EngineConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if not 1 <= self.max_num_seqs <= 4096:
             raise ConfigError(f"max_num_seqs must be in [1, 4096], got {self.max_num_seqs}")
+        if not 1 <= self.engines_per_gpu <= 16:
+            raise ConfigError(f"engines_per_gpu must be in [1, 16], got {self.engines_per_gpu}")
+        if self.engines_per_gpu > 1 and self.tensor_parallel_size > 1:
+            raise ConfigError(
+                f"engines_per_gpu > 1 shares one GPU between engines; it needs tensor_parallel_size 1, got {self.tensor_parallel_size}"
+            )
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.max_lora_rank is not None and not 1 <= self.max_lora_rank <= 512:
@@ -88,7 +99,7 @@ class EngineConfig:
         else:
             # A fixed KV budget rather than a share of free memory, so several
             # engines on one GPU do not trip each other's memory profiling.
-            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization / self.engines_per_gpu
             kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gib * 2**30)
         return kwargs
 

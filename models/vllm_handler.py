@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -58,6 +59,40 @@ class EngineHandle:
         return self._engine
 
 
+DEFAULT_MAX_BATCH_TOKENS = 1 << 20
+"""Token budget of one engine call when neither ``batch_size`` nor ``max_batch_tokens``
+is given: ~4,000 W1 prompts, so a 256-sequence engine runs ~16 waves per call and
+drains once per call rather than every wave (bench/RESULTS.md, "Throughput")."""
+
+
+def request_tokens(max_tokens: int, request: PromptRequest) -> int:
+    """A request's weight in a token-budget batch: its prompt tokens plus the tokens it may generate.
+
+    Requests not yet tokenised count a token per 4 prompt characters.
+    """
+    prompt = len(request.prompt_token_ids) or len(request.prompt) // 4 + 1
+    return prompt + max_tokens
+
+
+def batches_of(requests: Sequence[Any], max_size: int, size: Callable[[Any], int] = lambda _: 1) -> list[list[Any]]:
+    """Cuts ``requests`` like Beam's ``BatchElements`` with ``min = max = max_size``: a batch is
+    emitted when the next element would take it past ``max_size`` (an element bigger than
+    that gets a batch of its own)."""
+    out: list[list[Any]] = []
+    batch: list[Any] = []
+    running = 0
+    for request in requests:
+        weight = size(request)
+        if batch and running + weight > max_size:
+            out.append(batch)
+            batch, running = [], 0
+        batch.append(request)
+        running += weight
+    if batch:
+        out.append(batch)
+    return out
+
+
 # Engines kept for later pipelines of the same process (one run over several
 # adapters runs one pipeline per adapter on one engine), by the key the job chose.
 _SHARED: dict[str, LoadedEngine] = {}
@@ -65,20 +100,38 @@ _SHARED_LOCK = threading.Lock()
 
 
 def release_shared_engine(key: str) -> None:
-    """Drops a kept engine, so its memory (and its engine process) can go."""
+    """Shuts a kept engine down and forgets it, so its memory and engine processes go."""
     with _SHARED_LOCK:
-        _SHARED.pop(key, None)
+        engine = _SHARED.pop(key, None)
+    if engine is not None:
+        shutdown_engine(engine.llm)
+
+
+def shutdown_engine(llm: Any) -> None:
+    """Stops a ``vllm.LLM``'s engine-core processes now.
+
+    Dropping the last reference is not enough while the interpreter lives on: the
+    idle engine-core processes kept polling at about a fifth of a core each (measured).
+    """
+    shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
 
 
 class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
     """Generates completions for :class:`PromptRequest` batches with ``vllm.LLM``.
 
-    Prompts are tokenised here with the model's tokenizer (chat turns through its
-    chat template first), checked against the context length (too long: a
-    ``prompt_too_long`` result, not a failed batch) and handed to the engine as
-    token ids, so the engine does not tokenise them again. A batch the engine
-    raises on is retried once, then bisected so that only the prompts that fail
-    alone come back as ``generation_failed``.
+    Prompts are tokenised here with the model's tokenizer, chat turns through its chat
+    template first (unless they come tokenised from ``TokenizePrompts``), are checked
+    against the context length (too long: a ``prompt_too_long``
+    result, not a failed batch) and handed to the engine as token ids, sorted so
+    that prompts sharing a prefix are scheduled together (results keep the input
+    order). A batch the engine raises on is retried once, then bisected so that only
+    the prompts that fail alone come back as ``generation_failed``.
+
+    Batches are sized by a token budget (``max_batch_tokens``: prompt tokens plus
+    ``max_tokens`` per request) rather than by a row count, so that each call gives
+    the engine enough work to stay busy whatever the prompt length.
     """
 
     def __init__(
@@ -86,7 +139,8 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
         engine: EngineConfig,
         sampling: SamplingSpec,
         *,
-        batch_size: int = 256,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
         structured: StructuredSpec | None = None,
         labels: Sequence[str] = (),
         adapter: Adapter | None = None,
@@ -97,7 +151,12 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
         Args:
             engine: how to start the engine.
             sampling: the task's sampling parameters.
-            batch_size: prompts per ``generate`` call.
+            batch_size: prompts per ``generate`` call; None sizes batches by
+                ``max_batch_tokens`` instead.
+            max_batch_tokens: token budget per ``generate`` call (prompt tokens plus
+                ``max_tokens`` per request; requests without token ids count a
+                token per 4 prompt characters); used when ``batch_size`` is None
+                (default then: ``DEFAULT_MAX_BATCH_TOKENS``).
             structured: the task's output constraint, if any.
             labels: the task's labels (what ``structured.choice`` chooses from).
             adapter: a LoRA adapter applied to every request; the engine must be
@@ -105,7 +164,16 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             share_engine_as: keep the started engine under this key for later
                 pipelines in this process (released with ``release_shared_engine``).
         """
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        if batch_size is not None:
+            super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        else:
+            # Beam's BatchElements measures a batch in element_size_fn units, so a fixed
+            # min = max budget gives batches of about that many tokens. (ModelHandler's own
+            # max_batch_weight reaches BatchElements, which rejects it, in Beam 2.77.)
+            budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
+            super().__init__(
+                min_batch_size=budget, max_batch_size=budget, element_size_fn=functools.partial(request_tokens, sampling.max_tokens)
+            )
         self._engine = engine
         self._sampling = sampling
         self._structured = structured if structured is not None and structured.enabled else None
@@ -177,6 +245,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
                 seed=s.seed,
                 frequency_penalty=s.frequency_penalty,
                 stop=list(s.stop),
+                ignore_eos=s.ignore_eos,
                 skip_special_tokens=True,
                 structured_outputs=structured,
             )
@@ -196,7 +265,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
 
     def generate(self, batch: Sequence[PromptRequest], model: LoadedEngine) -> list[Generation]:
         """Generates for one batch on a started engine; results in input order."""
-        token_ids = _tokenize(model.tokenizer, batch)
+        token_ids = tokenize_requests(model.tokenizer, batch)
         budget = model.max_model_len - self._sampling.max_tokens
         results: list[Generation | None] = [None] * len(batch)
         todo: list[int] = []
@@ -213,6 +282,9 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
                 )
             else:
                 todo.append(i)
+        # Prompts that share a prefix go to the engine side by side, so they are scheduled
+        # together and the prefix cache serves the later ones from the first.
+        todo.sort(key=lambda i: token_ids[i])
         for i, generation in zip(todo, self._generate_with_retry(model, [(batch[i], token_ids[i]) for i in todo], retry=True), strict=True):
             results[i] = generation
         return [r for r in results if r is not None]
@@ -258,6 +330,11 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
         self._generated.inc(len(generations))
         return generations
 
+    def batches(self, requests: Sequence[PromptRequest]) -> list[list[PromptRequest]]:
+        """``requests`` cut into the batches ``RunInference`` gives ``run_inference`` (for benchmarks of the stage alone)."""
+        kwargs = self.batch_elements_kwargs()
+        return batches_of(requests, kwargs["max_batch_size"], kwargs.get("element_size_fn", lambda _: 1))
+
     def get_num_bytes(self, batch: Sequence[PromptRequest]) -> int:
         return sum(len(r.prompt) for r in batch)
 
@@ -265,15 +342,15 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
         return METRICS_NAMESPACE
 
 
-def _tokenize(tokenizer: Any, batch: Sequence[PromptRequest]) -> list[list[int]]:
-    """Token ids per request: the prompt text, or chat turns through the chat template.
+def tokenize_requests(tokenizer: Any, batch: Sequence[PromptRequest]) -> list[list[int]]:
+    """Token ids per request: those it carries, else its prompt text, or chat turns through the chat template.
 
     A chat template writes the model's special tokens (BOS included) itself, so its
     text is tokenised without adding them again.
     """
-    plain = [i for i, r in enumerate(batch) if not r.messages]
-    chat = [i for i, r in enumerate(batch) if r.messages]
-    ids: list[list[int]] = [[] for _ in batch]
+    ids: list[list[int]] = [list(r.prompt_token_ids) for r in batch]
+    plain = [i for i, r in enumerate(batch) if not r.prompt_token_ids and not r.messages]
+    chat = [i for i, r in enumerate(batch) if not r.prompt_token_ids and r.messages]
     if plain:
         for i, row in zip(plain, tokenizer([batch[i].prompt for i in plain])["input_ids"], strict=True):
             ids[i] = row

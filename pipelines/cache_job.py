@@ -33,7 +33,7 @@ from bulkinfer.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, SCHEMA_VERS
 from bulkinfer.tasks import TaskSpec, load_task
 from models.engine import Adapter, EngineConfig, engine_version, fingerprint, load_adapter, model_digest, resolve_model
 from models.gemma import GEMMA_ALIAS
-from models.vllm_handler import VLLMHandler, release_shared_engine
+from models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
 from transforms.build_prompts import BuildPrompts
 from transforms.checkpoint_results import CheckpointResults
 from transforms.detect_languages import DetectLanguages
@@ -43,6 +43,7 @@ from transforms.parse_predictions import ParsePredictions
 from transforms.read_queries import ReadQueries
 from transforms.reuse_results import ReuseResults
 from transforms.sample_keys import SampleKeys
+from transforms.tokenize_prompts import TokenizePrompts
 from transforms.write_version import WriteVersion
 
 _LOG = logging.getLogger(__name__)
@@ -64,7 +65,28 @@ class CacheJobOptions(PipelineOptions):
         parser.add_argument("--kv_cache_gib", type=float, default=1.0, help="KV cache per engine in GiB (default 1)")
         parser.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="GPU memory share per engine (GPU only)")
         parser.add_argument("--max_num_seqs", type=int, default=256, help="sequences the engine runs at once (default 256)")
-        parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine call (default 256)")
+        parser.add_argument(
+            "--batch_size", type=int, default=None, help="prompts per engine call; default: batches sized by --max_batch_tokens instead"
+        )
+        parser.add_argument(
+            "--max_batch_tokens",
+            type=int,
+            default=None,
+            help=f"token budget per engine call: prompt tokens + max_tokens per prompt (default {DEFAULT_MAX_BATCH_TOKENS:,})",
+        )
+        parser.add_argument(
+            "--pretokenize",
+            choices=("on", "off"),
+            default="off",
+            help="on: tokenise prompts in their own stage before Generate (exact token budgets); off (default): inside the engine call",
+        )
+        parser.add_argument(
+            "--engines_per_gpu",
+            type=int,
+            default=1,
+            help="engine processes sharing each GPU, each with --kv_cache_gib of KV cache and its share of "
+            "--gpu_memory_utilization (default 1; GPU only)",
+        )
         parser.add_argument("--full", action="store_true", help="generate every key again instead of reusing the published answers")
         parser.add_argument("--checkpoint_rows", type=int, default=256, help="generated rows per durable checkpoint chunk (default 256)")
         parser.add_argument("--keep", type=int, default=4, help="versions to keep; older ones are deleted after publish (default 4)")
@@ -128,6 +150,7 @@ def run(
     options = PipelineOptions(argv)
     job = options.view_as(CacheJobOptions)
     plans = _plan(job, real_engine=model_handler is None)
+    _engine_workers(options, job)
     if len(plans) == 1:
         handler = model_handler or _handler(job, plans[0], share_as=None)
         return _run_table(options, job, plans[0], handler, test_pipeline)
@@ -148,12 +171,36 @@ def run(
     return {"tables": manifests}
 
 
+def _engine_workers(options: PipelineOptions, job: CacheJobOptions) -> None:
+    """``--engines_per_gpu N`` on the in-process DirectRunner: N worker processes, one engine each.
+
+    Other runners start one engine per SDK worker process; give them N processes per
+    GPU machine with their own flags (see README, "Throughput").
+    """
+    if job.engines_per_gpu == 1:
+        return
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    direct = options.view_as(DirectOptions)
+    if runner not in (None, "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner"):
+        return
+    if direct.direct_num_workers not in (None, 1, job.engines_per_gpu) or direct.direct_running_mode == "multi_threading":
+        raise ConfigError(
+            f"--engines_per_gpu {job.engines_per_gpu} runs that many worker processes (one engine each), but "
+            f"--direct_num_workers is {direct.direct_num_workers} and --direct_running_mode {direct.direct_running_mode}; leave them unset"
+        )
+    direct.direct_num_workers = job.engines_per_gpu
+    direct.direct_running_mode = "multi_processing"
+
+
 def _handler(job: CacheJobOptions, plan: _Plan, share_as: str | None) -> VLLMHandler:
     task = plan.task
     return VLLMHandler(
         plan.engine,
         task.sampling,
         batch_size=job.batch_size,
+        max_batch_tokens=job.max_batch_tokens,
         structured=task.structured,
         labels=task.labels,
         adapter=plan.adapter,
@@ -220,7 +267,10 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: _Plan, handler: 
     }
     greedy = task.sampling.temperature == 0.0
     to_generate, reused, reused_dead = (groups, sources) | "ReuseResults" >> ReuseResults(provenance.fingerprint, greedy)
-    generations = to_generate | "BuildPrompts" >> BuildPrompts(task) | "Generate" >> Generate(handler)
+    requests = to_generate | "BuildPrompts" >> BuildPrompts(task)
+    if job.pretokenize == "on" and isinstance(handler, VLLMHandler):
+        requests = requests | "TokenizePrompts" >> TokenizePrompts(plan.engine.model)
+    generations = requests | "Generate" >> Generate(handler)
     generated, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
     schema = prediction_schema(task)
     generated = generated | "CheckpointPredictions" >> CheckpointResults(checkpoints, layout.PREDICTIONS, schema, job.checkpoint_rows)
@@ -258,8 +308,12 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> list[_Plan]:
     for flag in ("task", "input", "output"):
         if not getattr(job, flag):
             raise ConfigError(f"--{flag} is required")
-    if job.batch_size < 1:
+    if job.batch_size is not None and job.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {job.batch_size}")
+    if job.max_batch_tokens is not None and job.batch_size is not None:
+        raise ConfigError("--batch_size and --max_batch_tokens both size engine calls; give one of them")
+    if job.max_batch_tokens is not None and job.max_batch_tokens < 1:
+        raise ConfigError(f"--max_batch_tokens must be >= 1, got {job.max_batch_tokens}")
     if job.checkpoint_rows < 1:
         raise ConfigError(f"--checkpoint_rows must be >= 1, got {job.checkpoint_rows}")
     if job.keep < 1:
@@ -295,6 +349,7 @@ def _plan(job: CacheJobOptions, real_engine: bool) -> list[_Plan]:
         kv_cache_gib=job.kv_cache_gib,
         gpu_memory_utilization=job.gpu_memory_utilization,
         max_num_seqs=job.max_num_seqs,
+        engines_per_gpu=job.engines_per_gpu,
         seed=task.sampling.seed,
         max_lora_rank=max((a.rank for a in adapters), default=None),
         max_loras=max(1, len(adapters)),

@@ -60,6 +60,14 @@ def test_multi_process_direct_runner_gives_the_same_table(in_process, tiny_model
     assert _predictions(tmp_path / "table") == _predictions(out)
 
 
+def test_pretokenized_token_budget_job_gives_the_same_table(in_process, tiny_model, corpus, tmp_path):
+    out, first = in_process
+    manifest = run(_argv(corpus, tmp_path / "table", tiny_model, "--pretokenize", "on", "--max_batch_tokens", "700"))
+    assert manifest["counts"]["generated"] == first["counts"]["generated"]
+    assert manifest["dead_letter_reasons"] == first["dead_letter_reasons"], "prompt_too_long is still found"
+    assert _predictions(tmp_path / "table") == _predictions(out)
+
+
 def test_rerun_of_an_unchanged_corpus_starts_no_engine(in_process, tiny_model, corpus):
     out, first = in_process
     again = run(_argv(corpus, out, tiny_model, "--run_id", "rerun"))

@@ -1,0 +1,55 @@
+"""TokenizePrompts: the model's token ids for every prompt, ahead of the engine stage."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import apache_beam as beam
+
+from bulkinfer.records import PromptRequest
+
+
+class TokenizePrompts(beam.PTransform):
+    """Attaches ``prompt_token_ids`` to every :class:`PromptRequest`, tokenised in batches.
+
+    Tokenising here, not inside the engine call, takes the tokenizer off the engine
+    stage's critical path (a runner may run it on other threads or workers) and gives
+    the token-budget batching of ``Generate`` exact prompt lengths. Chat turns go
+    through the tokenizer's chat template, as the model handler would render them.
+    """
+
+    def __init__(self, model: str, batch_size: int = 512):
+        """Args:
+        model: the model directory (or hub id) whose tokenizer the engine uses.
+        batch_size: prompts per tokenizer call.
+        """
+        super().__init__()
+        self._model = model
+        self._batch_size = batch_size
+
+    def expand(self, requests: beam.PCollection) -> beam.PCollection:
+        return (
+            requests
+            | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            | "Tokenize" >> beam.ParDo(_TokenizeBatch(self._model))
+        )
+
+
+class _TokenizeBatch(beam.DoFn):
+    def __init__(self, model: str):
+        self._model = model
+        self._tokenizer: Any = None
+
+    def setup(self) -> None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as e:
+            raise ImportError("tokenising prompts needs transformers: pip install 'bulkinfer[cpu]' or 'bulkinfer[gpu]'") from e
+        self._tokenizer = AutoTokenizer.from_pretrained(self._model)
+
+    def process(self, batch: list[PromptRequest]):
+        from models.vllm_handler import tokenize_requests
+
+        for request, ids in zip(batch, tokenize_requests(self._tokenizer, batch), strict=True):
+            yield replace(request, prompt_token_ids=tuple(ids))
