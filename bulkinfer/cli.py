@@ -133,8 +133,11 @@ def _run(argv: list[str]) -> int:
     except GateError as e:
         print(f"bulkinfer: not published: {e}", file=sys.stderr)
         return 3
-    summary = {name: manifest[name] for name in ("version", "counts", "dead_letter_reasons", "quality", "wall_seconds")}
-    print(json.dumps(summary))
+    # Several adapters: one manifest per table, one summary line each.
+    tables = manifest["tables"] if "tables" in manifest else {None: manifest}
+    for table, one in tables.items():
+        summary = {name: one[name] for name in ("version", "counts", "dead_letter_reasons", "quality", "wall_seconds")}
+        print(json.dumps({"table": table, **summary} if table else summary))
     return 0
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
+from bulkinfer.cli import main
 from bulkinfer.table import open_table
 from pipelines.cache_job import run
 from tests.conftest import write_corpus
@@ -77,7 +80,7 @@ def test_rerun_of_an_unchanged_corpus_starts_no_engine(in_process, tiny_model, c
     assert again["wall_seconds"] < first["wall_seconds"]
 
 
-def test_several_lora_adapters_one_engine_one_table_each(in_process, tiny_model, tiny_loras, corpus, tmp_path):
+def test_several_lora_adapters_one_engine_one_table_each(in_process, tiny_model, tiny_loras, corpus, tmp_path, capsys):
     base_out, _ = in_process
     out = tmp_path / "tuned"
     adapters = [f"--adapter=lora{i}={path}" for i, path in enumerate(tiny_loras)]
@@ -95,9 +98,12 @@ def test_several_lora_adapters_one_engine_one_table_each(in_process, tiny_model,
     assert rows and {(r["adapter"], len(r["adapter_digest"])) for r in rows} == {("lora1", 16)}
     assert first["adapter_path"] == str(tiny_loras[0]) and first["task_fingerprint"] != second["task_fingerprint"]
 
-    again = run(_argv(corpus, out, tiny_model, *adapters, "--run_id", "v2"))["tables"]
-    assert [m["counts"]["generated"] for m in again.values()] == [0, 0]
-    assert [m["counts"]["engine_starts"] for m in again.values()] == [0, 0]
+    # The rerun through the command line: one summary line per adapter table, nothing generated.
+    assert main(["run", *_argv(corpus, out, tiny_model, *adapters, "--run_id", "v2")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["table"] for line in lines] == [str(out / "lora0"), str(out / "lora1")]
+    assert [line["counts"]["generated"] for line in lines] == [0, 0]
+    assert [line["counts"]["engine_starts"] for line in lines] == [0, 0]
 
 
 def test_chat_task_on_a_model_without_chat_template_fails_before_any_work(tiny_model, corpus, tmp_path):
