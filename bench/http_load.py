@@ -26,7 +26,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,16 +38,11 @@ from urllib.parse import quote
 from lookup_load import build, probes
 
 from bulkinfer import layout, store
+from bulkinfer.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 Seen = list[tuple[float, float, int, str]]
 """(start, end, status, version) of each request."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(app: str, table: str, port: int) -> subprocess.Popen:
@@ -235,7 +229,7 @@ def main() -> None:
         store.write_store(tmp, "v2")
         paths = [f"/v1/lookup?q={quote(q)}" for q in probes(keys, 50_000)]
         requests = [f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for path in paths]
-        port = _free_port()
+        port = free_port()
         server = _start(args.app, tmp, port)
         try:
             if args.loadgen == "wrk":

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +24,7 @@ from lookup_load import build
 
 from bulkinfer import layout
 from bulkinfer.redis_export import RedisExportConfig, connect, export_version
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bulkinfer.testing import redis_server
 
 
 def main() -> None:
@@ -39,16 +32,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed: apt-get install redis-server")
-    port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
-                                  stdout=subprocess.DEVNULL)  # fmt: skip
-        try:
-            url = f"redis://127.0.0.1:{port}/0"
-            time.sleep(0.5)
+        with redis_server(tmp) as url:
             client = connect(url)
             table = Path(tmp) / "table"
             for n in range(1, args.repeats + 1):
@@ -79,9 +66,6 @@ def main() -> None:
                     }
                 )
             )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

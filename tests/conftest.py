@@ -52,50 +52,22 @@ def write_corpus(path: Path, queries: list, **columns: list) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    """A real ``redis-server`` on a free loopback port, no persistence; stopped after the session."""
-    import shutil
-    import socket
-    import subprocess
-    import time
+    """A real ``redis-server`` on a free loopback port, no persistence; stopped after the session.
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (make install installs it: apt-get install redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    Skipped where it is not installed, except under CI (``BULKINFER_REQUIRE_REDIS=1``,
+    set by ``.ci/run``), where a missing server is a failure, not a quiet skip.
+    """
+    from bulkinfer.testing import redis_server
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {port} (exit {server.poll()})")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        with redis_server(tmp_path_factory.mktemp("redis")) as url:
+            yield url
+    except FileNotFoundError as e:
+        if os.environ.get("BULKINFER_REQUIRE_REDIS") == "1":
+            pytest.fail(f"{e}; BULKINFER_REQUIRE_REDIS=1 forbids skipping the Redis tests")
+        pytest.skip(str(e))
 
 
 def write_version(table: Path, version: str, answers: dict[str, list[str]], *, publish: bool = True, store: bool = True) -> Path:

@@ -10,7 +10,8 @@ import pytest
 
 from bulkinfer.errors import ConfigError, TableError
 from bulkinfer.redis_export import RedisExportConfig, RedisTable, connect, export_version
-from tests.conftest import free_port, write_version
+from bulkinfer.testing import free_port
+from tests.conftest import write_version
 
 V1 = {"covid vaccine": ["covid jab"], "cheap flights": ["budget airlines", "low cost flights"], "a:b *": ["odd key"]}
 V2 = {"covid vaccine": ["coronavirus vaccine"], "used cars": ["second hand cars"]}

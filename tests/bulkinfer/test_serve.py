@@ -14,7 +14,8 @@ import uvicorn
 from bulkinfer import layout
 from bulkinfer.errors import ConfigError
 from bulkinfer.serve import LookupApp, ServeConfig
-from tests.conftest import free_port, write_version
+from bulkinfer.testing import free_port
+from tests.conftest import write_version
 
 V1 = {"covid vaccine": ["covid jab"], "cheap flights": ["budget airlines"], **{f"query {i}": [f"v1 {i}"] for i in range(200)}}
 V2 = {"covid vaccine": ["coronavirus vaccine"], **{f"query {i}": [f"v2 {i}"] for i in range(200)}}
