@@ -24,11 +24,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bulkinfer import layout
-from bulkinfer.compare import compare_tables
-from bulkinfer.export_training import export_training
-from bulkinfer.records import prediction_schema
-from bulkinfer.tasks import load_task
+from bulkinfer.format import layout
+from bulkinfer.format.records import prediction_schema
+from bulkinfer.tasks.spec import load_task
+from bulkinfer.tools.compare import compare_tables
+from bulkinfer.tools.export_training import export_training
 
 WORDS = [f"w{n}" for n in range(5000)]
 

@@ -11,7 +11,7 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Query, Response
 
-from bulkinfer.table import open_table
+from bulkinfer.lookup.table import open_table
 
 
 def main() -> None:

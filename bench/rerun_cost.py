@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from models.tiny import build_tiny_llama
-from pipelines.cache_job import run
+from bulkinfer.models.tiny import build_tiny_llama
+from bulkinfer.pipelines.cache_job import run
 
 
 def corpus(path: Path, keys: list[str]) -> str:

@@ -4,7 +4,7 @@ python bench/store_compare.py [--rows 1000000] [--probes 100000]
 
 Each candidate holds key -> the JSON array the SQLite store writes, and a lookup
 does what ``PredictionTable.get`` does: normalise, one read, decode into a row dict.
-Candidates: ``sqlite`` (bulkinfer.store, standard library), ``lmdb`` (pip install
+Candidates: ``sqlite`` (bulkinfer.lookup.store, standard library), ``lmdb`` (pip install
 lmdb) and ``arrow+dict`` (the previous reader: Parquet into Arrow, a Python dict index).
 """
 
@@ -22,8 +22,9 @@ import orjson
 import pyarrow.parquet as pq
 from lookup_load import build, percentiles, probes
 
-from bulkinfer import layout, store
+from bulkinfer.format import layout
 from bulkinfer.keys import normalize_key
+from bulkinfer.lookup import store
 
 
 def _sqlite(tmp: Path, pairs: list[tuple[str, bytes]]) -> tuple[Callable[[], Callable[[str], bytes | None]], Path]:

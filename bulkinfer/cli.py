@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     if {"-h", "--help"} & set(argv):
-        from pipelines.cache_job import CacheJobOptions
+        from bulkinfer.pipelines.cache_job import CacheJobOptions
 
         parser = argparse.ArgumentParser(
             prog="bulkinfer run",
@@ -121,10 +121,9 @@ def _run(argv: list[str]) -> int:
     # data engineer reads. VLLM_LOGGING_LEVEL=INFO brings it back.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("bulkinfer", "pipelines", "models", "transforms"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("bulkinfer").setLevel(logging.INFO)
     try:
-        from pipelines.cache_job import run
+        from bulkinfer.pipelines.cache_job import run
 
         manifest = run(argv)
     except _USER_ERRORS as e:
@@ -142,7 +141,7 @@ def _run(argv: list[str]) -> int:
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    from bulkinfer.table import open_table
+    from bulkinfer.lookup.table import open_table
 
     with open_table(args.table, args.version) as table:
         queries = args.queries or [line.rstrip("\n") for line in sys.stdin]
@@ -152,7 +151,7 @@ def _lookup(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from bulkinfer import layout
+    from bulkinfer.format import layout
 
     current = layout.read_current(args.table)
     for name, manifest in layout.list_versions(args.table):
@@ -170,8 +169,8 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from bulkinfer import layout
-    from bulkinfer.lock import TableLock
+    from bulkinfer.format import layout
+    from bulkinfer.format.lock import TableLock
 
     before = layout.read_current(args.table)
     with TableLock(args.table, f"rollback-{before}"):
@@ -181,8 +180,8 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from bulkinfer import layout
-    from bulkinfer.compare import compare_tables, render_summary
+    from bulkinfer.format import layout
+    from bulkinfer.tools.compare import compare_tables, render_summary
 
     if len(args.table) != 2:
         raise ConfigError(f"compare needs --table twice (A, the reference, then B, the candidate), got {len(args.table)}")
@@ -197,7 +196,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _export_training(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from bulkinfer.export_training import export_training
+    from bulkinfer.tools.export_training import export_training
 
     result = export_training(
         args.table,
@@ -213,7 +212,8 @@ def _export_training(args: argparse.Namespace) -> int:
 
 
 def _export_store(args: argparse.Namespace) -> int:
-    from bulkinfer import layout, store
+    from bulkinfer.format import layout
+    from bulkinfer.lookup import store
 
     version = args.version or layout.read_current(args.table)
     if version is None:
@@ -225,7 +225,7 @@ def _export_store(args: argparse.Namespace) -> int:
 
 
 def _export_redis(args: argparse.Namespace) -> int:
-    from bulkinfer.redis_export import RedisExportConfig, export_version
+    from bulkinfer.lookup.redis_export import RedisExportConfig, export_version
 
     name = args.name or args.table.rstrip("/").rsplit("/", 1)[-1]
     config = RedisExportConfig(url=args.url, name=name, grace_seconds=args.grace_seconds, batch_keys=args.batch_keys)
@@ -234,7 +234,7 @@ def _export_redis(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bulkinfer.serve import ServeConfig, serve
+    from bulkinfer.lookup.serve import ServeConfig, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(
@@ -253,7 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import shlex
 
-    from bulkinfer.bench import render_table, run_bench
+    from bulkinfer.tools.bench import render_table, run_bench
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -262,7 +262,7 @@ def _bench(args: argparse.Namespace) -> int:
     steps = [shlex.split(step) for step in args.step]
     result = run_bench(args.device, args.prompts, only, args.repeats, args.model, shlex.split(args.job_args), steps=steps)
     if args.out:
-        from bulkinfer import layout
+        from bulkinfer.format import layout
 
         layout.write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(render_table(result))
@@ -270,7 +270,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _tasks() -> int:
-    from bulkinfer.tasks import builtin_task_names, load_task
+    from bulkinfer.tasks.spec import builtin_task_names, load_task
 
     for name in builtin_task_names():
         task = load_task(name)

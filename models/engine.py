@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bulkinfer.models.gemma import GEMMA_ALIAS, ensure_gemma_dir
+
 from bulkinfer.errors import ConfigError
-from models.gemma import GEMMA_ALIAS, ensure_gemma_dir
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bulkinfer.errors import ConfigError
-from bulkinfer.layout import local_cache_dir
+from bulkinfer.format.layout import local_cache_dir
 
 GEMMA_ALIAS = "gemma3-270m"
 """The ``--model`` value that names this model."""

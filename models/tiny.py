@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bulkinfer.tasks import builtin_task_names, load_task
+from bulkinfer.tasks.spec import builtin_task_names, load_task
 
 CORPUS = [
     "covid vaccine, coronavirus vaccine, covid jab, cheap flights, budget flights, low cost airfare",

@@ -1,6 +1,6 @@
 """The prediction-cache job: Parquet queries in, a published prediction table out.
 
-    python -m pipelines.cache_job --task synonyms --input queries.parquet --output tables/synonyms
+    python -m bulkinfer.pipelines.cache_job --task synonyms --input queries.parquet --output tables/synonyms
 
 Beam flags (``--runner``, ``--direct_num_workers``, Dataflow options, ...) pass through.
 """
@@ -23,28 +23,29 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
+from bulkinfer.models.engine import Adapter, EngineConfig, engine_version, fingerprint, load_adapter, model_digest, resolve_model
+from bulkinfer.models.gemma import GEMMA_ALIAS
+from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
+from bulkinfer.transforms.build_prompts import BuildPrompts
+from bulkinfer.transforms.checkpoint_results import CheckpointResults
+from bulkinfer.transforms.detect_languages import DetectLanguages
+from bulkinfer.transforms.generate import Generate
+from bulkinfer.transforms.normalize_keys import NormalizeKeys
+from bulkinfer.transforms.parse_predictions import ParsePredictions
+from bulkinfer.transforms.read_queries import ReadQueries
+from bulkinfer.transforms.reuse_results import ReuseResults
+from bulkinfer.transforms.sample_keys import SampleKeys
+from bulkinfer.transforms.tokenize_prompts import TokenizePrompts
+from bulkinfer.transforms.write_version import WriteVersion
 
-from bulkinfer import layout, quality, store
 from bulkinfer.errors import ConfigError, GateError, InputError
+from bulkinfer.format import layout, quality
+from bulkinfer.format.lock import TableLock
+from bulkinfer.format.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, SCHEMA_VERSION, Provenance, prediction_schema
 from bulkinfer.keys import KEY_VERSION
-from bulkinfer.languages import LanguageDetector
-from bulkinfer.lock import TableLock
-from bulkinfer.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, SCHEMA_VERSION, Provenance, prediction_schema
-from bulkinfer.tasks import TaskSpec, load_task
-from models.engine import Adapter, EngineConfig, engine_version, fingerprint, load_adapter, model_digest, resolve_model
-from models.gemma import GEMMA_ALIAS
-from models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
-from transforms.build_prompts import BuildPrompts
-from transforms.checkpoint_results import CheckpointResults
-from transforms.detect_languages import DetectLanguages
-from transforms.generate import Generate
-from transforms.normalize_keys import NormalizeKeys
-from transforms.parse_predictions import ParsePredictions
-from transforms.read_queries import ReadQueries
-from transforms.reuse_results import ReuseResults
-from transforms.sample_keys import SampleKeys
-from transforms.tokenize_prompts import TokenizePrompts
-from transforms.write_version import WriteVersion
+from bulkinfer.lookup import store
+from bulkinfer.tasks.languages import LanguageDetector
+from bulkinfer.tasks.spec import TaskSpec, load_task
 
 _LOG = logging.getLogger(__name__)
 

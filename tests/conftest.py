@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Llama directory with a local BPE tokenizer."""
-    from models.tiny import build_tiny_llama
+    from bulkinfer.models.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -39,7 +39,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_loras(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two LoRA adapters (PEFT format) for the tiny model, with different seeded random weights."""
-    from models.tiny import build_tiny_lora
+    from bulkinfer.models.tiny import build_tiny_lora
 
     root = tmp_path_factory.mktemp("tiny-loras")
     return [build_tiny_lora(tiny_model, root / f"lora{seed}", seed=seed) for seed in (1, 2)]
@@ -76,8 +76,8 @@ def write_version(table: Path, version: str, answers: dict[str, list[str]], *, p
     Rows carry every prediction column with fixed provenance (``run_id`` is the
     version); ``store`` also builds its ``store.sqlite`` the way the job does.
     """
-    from bulkinfer import layout
-    from bulkinfer import store as stores
+    from bulkinfer.format import layout
+    from bulkinfer.lookup import store as stores
 
     vdir = table / "versions" / version
     vdir.mkdir(parents=True)

@@ -9,7 +9,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from bulkinfer.errors import Reason
-from bulkinfer.records import METRICS_NAMESPACE, Generation, PromptRequest
+from bulkinfer.format.records import METRICS_NAMESPACE, Generation, PromptRequest
 
 
 class FakeModel:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from bulkinfer.prompts import render_messages, render_prompt
-from bulkinfer.records import PromptRequest, QueryGroup
-from bulkinfer.tasks import TaskSpec
+from bulkinfer.format.records import PromptRequest, QueryGroup
+from bulkinfer.tasks.prompts import render_messages, render_prompt
+from bulkinfer.tasks.spec import TaskSpec
 
 
 class BuildPrompts(beam.PTransform):

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from bulkinfer.languages import LanguageDetector
-from bulkinfer.records import METRICS_NAMESPACE, QueryGroup
+from bulkinfer.format.records import METRICS_NAMESPACE, QueryGroup
+from bulkinfer.tasks.languages import LanguageDetector
 
 
 class _Detect(beam.DoFn):

@@ -11,9 +11,9 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from bulkinfer.errors import Reason
+from bulkinfer.format.records import METRICS_NAMESPACE, Provenance, QueryGroup, dead_letter
 from bulkinfer.keys import normalize_key
-from bulkinfer.languages import normalize_language
-from bulkinfer.records import METRICS_NAMESPACE, Provenance, QueryGroup, dead_letter
+from bulkinfer.tasks.languages import normalize_language
 
 DEAD = "dead"
 

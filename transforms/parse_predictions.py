@@ -9,9 +9,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from bulkinfer.errors import Reason
-from bulkinfer.parsing import parse_output
-from bulkinfer.records import Generation, Provenance, dead_letter
-from bulkinfer.tasks import TaskSpec
+from bulkinfer.format.records import Generation, Provenance, dead_letter
+from bulkinfer.tasks.parsing import parse_output
+from bulkinfer.tasks.spec import TaskSpec
 
 DEAD = "dead"
 

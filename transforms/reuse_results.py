@@ -10,7 +10,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from bulkinfer.errors import Reason
-from bulkinfer.records import METRICS_NAMESPACE
+from bulkinfer.format.records import METRICS_NAMESPACE
 
 REUSED = "reused"
 REUSED_DEAD = "reused_dead"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from bulkinfer.records import METRICS_NAMESPACE, QueryGroup
+from bulkinfer.format.records import METRICS_NAMESPACE, QueryGroup
 
 
 def key_rank(key: str) -> bytes:

@@ -7,7 +7,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from bulkinfer.records import PromptRequest
+from bulkinfer.format.records import PromptRequest
 
 
 class TokenizePrompts(beam.PTransform):
@@ -49,7 +49,7 @@ class _TokenizeBatch(beam.DoFn):
         self._tokenizer = AutoTokenizer.from_pretrained(self._model)
 
     def process(self, batch: list[PromptRequest]):
-        from models.vllm_handler import tokenize_requests
+        from bulkinfer.models.vllm_handler import tokenize_requests
 
         for request, ids in zip(batch, tokenize_requests(self._tokenizer, batch), strict=True):
             yield replace(request, prompt_token_ids=tuple(ids))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import apache_beam as beam
 import pyarrow as pa
 
-from bulkinfer.layout import DEAD_LETTER, PREDICTIONS
-from bulkinfer.records import DEAD_LETTER_SCHEMA
+from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
+from bulkinfer.format.records import DEAD_LETTER_SCHEMA
 
 
 class WriteVersion(beam.PTransform):
@@ -15,7 +15,7 @@ class WriteVersion(beam.PTransform):
     Beam's file sink writes shards to a temporary directory and renames them into
     place when the write finalises. The version becomes visible to readers only
     when the job then writes the manifest and swaps ``CURRENT``
-    (``bulkinfer.layout.publish``), after the whole pipeline has succeeded.
+    (``bulkinfer.format.layout.publish``), after the whole pipeline has succeeded.
     """
 
     def __init__(self, vdir: str, prediction_schema: pa.Schema):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from bulkinfer.models.engine import EngineConfig
+from bulkinfer.models.vllm_handler import EngineHandle, LoadedEngine, VLLMHandler
 
 from bulkinfer.errors import Reason
-from bulkinfer.prompts import render_prompt
-from bulkinfer.records import PromptRequest
-from bulkinfer.tasks import load_task
-from models.engine import EngineConfig
-from models.vllm_handler import EngineHandle, LoadedEngine, VLLMHandler
+from bulkinfer.format.records import PromptRequest
+from bulkinfer.tasks.prompts import render_prompt
+from bulkinfer.tasks.spec import load_task
 
 pytestmark = pytest.mark.engine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from models.w1 import QWEN25_05B, build_w1_model
+from bulkinfer.models.w1 import QWEN25_05B, build_w1_model
 
 
 def test_w1_model_has_qwen_shape_and_a_tokenizer_that_decodes_every_id(tmp_path):

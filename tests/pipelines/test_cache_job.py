@@ -6,11 +6,11 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from bulkinfer.pipelines.cache_job import run
 
-from bulkinfer import layout
 from bulkinfer.errors import ConfigError, InputError, TableError
-from bulkinfer.table import open_table
-from pipelines.cache_job import run
+from bulkinfer.format import layout
+from bulkinfer.lookup.table import open_table
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from bulkinfer.pipelines.cache_job import run
 
-from bulkinfer import layout
-from bulkinfer.table import open_table
-from pipelines.cache_job import run
+from bulkinfer.format import layout
+from bulkinfer.lookup.table import open_table
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
 
@@ -24,8 +24,8 @@ NEW = [f"new {n}" for n in range(200)]
 KILLER = """
 import os, signal, sys
 import apache_beam.io.parquetio as parquetio
-from bulkinfer import layout
-from pipelines import cache_job
+from bulkinfer.format import layout
+from bulkinfer.pipelines import cache_job
 from tests.fakes import FakeHandler
 
 point, argv = sys.argv[1], sys.argv[2:]

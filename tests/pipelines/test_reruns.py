@@ -10,13 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from bulkinfer.pipelines.cache_job import run
 
-from bulkinfer import layout
 from bulkinfer.cli import main as cli_main
 from bulkinfer.errors import ConfigError, GateError
-from bulkinfer.lock import TableLock
-from bulkinfer.table import open_table
-from pipelines.cache_job import run
+from bulkinfer.format import layout
+from bulkinfer.format.lock import TableLock
+from bulkinfer.lookup.table import open_table
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
 
@@ -170,8 +170,8 @@ def test_lock_of_a_dead_run_is_taken_over(tmp_path):
 
 CRASH_BEFORE_PUBLISH = """
 import os, signal, sys
-from bulkinfer import layout
-from pipelines import cache_job
+from bulkinfer.format import layout
+from bulkinfer.pipelines import cache_job
 from tests.fakes import FakeHandler
 
 def die(*args):

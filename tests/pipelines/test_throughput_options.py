@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from bulkinfer.models.engine import EngineConfig
+from bulkinfer.pipelines.cache_job import CacheJobOptions, _engine_workers, run
 
 from bulkinfer.errors import ConfigError
-from bulkinfer.tasks import SamplingSpec, load_task, task_from_dict
-from models.engine import EngineConfig
-from pipelines.cache_job import CacheJobOptions, _engine_workers, run
+from bulkinfer.tasks.spec import SamplingSpec, load_task, task_from_dict
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
 

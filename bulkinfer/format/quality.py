@@ -1,0 +1,101 @@
+"""Quality measures of a new version, and the gates that keep a bad one from being published."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from bulkinfer.errors import Reason
+from bulkinfer.keys import normalize_key
+from bulkinfer.tasks.parsing import answer_text, parse_output, split_items
+from bulkinfer.tasks.spec import TaskSpec
+
+_NO_LIMIT = 10**9
+
+
+def example_keys(task: TaskSpec) -> frozenset[str]:
+    """Normalised inputs of the shown examples (every language's) and the items of their outputs."""
+    keys = {normalize_key(ex.input) for ex in task.every_shown_example}
+    for ex in task.every_shown_example:
+        if task.output == "list":
+            keys.update(normalize_key(item) for item in split_items(ex.output, task.parser.separators, "", _NO_LIMIT))
+        else:
+            keys.add(normalize_key(ex.output))
+    keys.discard("")
+    return frozenset(keys)
+
+
+def is_echo(task: TaskSpec, raw: str, key: str, examples: frozenset[str]) -> bool:
+    """Whether an output copies the prompt instead of answering.
+
+    List tasks: some item repeats the query or an example's input or output item
+    (a base model that ignores the query answers ``flu jab`` for ``covid vaccine``
+    because the examples said so). Label tasks: the answer repeats the query.
+    """
+    if task.output == "label":
+        answer = answer_text(task, raw) or ""
+        lines = [line for line in answer.splitlines() if line.strip()]
+        return bool(lines) and normalize_key(lines[0]).strip(" .:\"") == key
+    # Parsed with an empty key, so the query itself is kept as an item; the parser
+    # reads JSON answers (structured output) as well as separated text.
+    parsed = parse_output(_every_item(task), raw, "")
+    items = {normalize_key(item) for item in parsed.value or ()}
+    return key in items or bool(items & examples)
+
+
+@functools.lru_cache(maxsize=16)
+def _every_item(task: TaskSpec) -> TaskSpec:
+    return dataclasses.replace(task, parser=dataclasses.replace(task.parser, max_items=_NO_LIMIT))
+
+
+def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, int], previous: pa.Table | None) -> dict[str, Any]:
+    """Quality measures of a version.
+
+    Args:
+        task: the task spec.
+        rows: the version's predictions (``key``, ``raw_output`` and the output column).
+        dead_records: dead-letter records per reason code.
+        previous: the previous published version's ``key`` and output column, if any.
+
+    Returns:
+        ``valid_rate``, ``empty_rate``, ``echo_rate``, ``churn_rate`` (None where
+        there is nothing to measure) and the counts behind them.
+    """
+    n = rows.num_rows if rows is not None else 0
+    failed = dead_records.get(Reason.UNPARSEABLE_OUTPUT, 0)
+    out: dict[str, Any] = {"valid_rate": n / (n + failed) if n + failed else None}
+    if not n:
+        return out | {"empty_rate": None, "echo_rate": None, "churn_rate": None, "churn_compared": 0}
+    keys = rows.column("key").to_pylist()
+    outputs = rows.column(task.output_column).to_pylist()
+    raws = rows.column("raw_output").to_pylist()
+    empty = sum(1 for value in outputs if not value)
+    examples = example_keys(task)
+    echoes = sum(1 for key, raw in zip(keys, raws, strict=True) if is_echo(task, raw or "", key, examples))
+    out |= {"empty_rate": empty / n, "echo_rate": echoes / n}
+    if previous is None or previous.num_rows == 0 or task.output_column not in previous.column_names:
+        return out | {"churn_rate": None, "churn_compared": 0}
+    before = dict(zip(previous.column("key").to_pylist(), previous.column(task.output_column).to_pylist(), strict=True))
+    shared = [(before[key], value) for key, value in zip(keys, outputs, strict=True) if key in before]
+    changed = sum(1 for old, new in shared if old != new)
+    return out | {"churn_rate": changed / len(shared) if shared else None, "churn_compared": len(shared)}
+
+
+def failed_gates(task: TaskSpec, quality: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The gates a version misses, each with its threshold and measured value."""
+    gates = task.gates
+    checks = [
+        ("min_valid_rate", "valid_rate", gates.min_valid_rate, lambda v, t: v >= t),
+        ("max_empty_rate", "empty_rate", gates.max_empty_rate, lambda v, t: v <= t),
+        ("max_echo_rate", "echo_rate", gates.max_echo_rate, lambda v, t: v <= t),
+        ("max_churn_rate", "churn_rate", gates.max_churn_rate, lambda v, t: v <= t),
+    ]
+    return [
+        {"gate": gate, "threshold": threshold, "value": round(quality[measure_name], 4)}
+        for gate, measure_name, threshold, ok in checks
+        if quality.get(measure_name) is not None and not ok(quality[measure_name], threshold)
+    ]

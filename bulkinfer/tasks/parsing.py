@@ -1,0 +1,132 @@
+"""Turns raw model text into a task's typed output."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bulkinfer.keys import normalize_key
+
+if TYPE_CHECKING:  # the spec validates its examples with this parser: the dependency runs spec -> parsing only
+    from bulkinfer.tasks.spec import TaskSpec
+
+# Bullets, list numbers and quotes a model wraps items in: "- x", "1. x", "\"x\"".
+_LEADING = re.compile(r"^(?:[-*•·]+|\d{1,3}[.)])\s+")
+_WRAPPING = "\"'`“”‘’«»()[]{} \t"
+_TRAILING = ".;:!?"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parse result: ``value`` when readable, else ``error`` says why not."""
+
+    value: list[str] | str | None = None
+    """A list of strings (``list`` tasks) or one label (``label`` tasks)."""
+    error: str | None = None
+    """Why the text could not be read, for the dead-letter message."""
+
+
+def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
+    """Parses one raw generation.
+
+    ``list`` tasks: split on the separators and line breaks, trim bullets, quotes
+    and trailing punctuation, drop empty items and the query itself, dedupe by
+    normalised key keeping the model's order, keep at most ``max_items``. An empty
+    list is a valid answer (the model found nothing). ``label`` tasks: the first
+    line must name one of the labels (case-insensitive).
+
+    Never raises on any string.
+
+    Args:
+        task: the task spec.
+        raw: the generated text.
+        key: the query's normalised key.
+
+    Returns:
+        The typed value, or an error saying why there is none.
+    """
+    answer = answer_text(task, raw)
+    if answer is None:
+        return Parsed(error=f"answer marker {task.parser.answer_marker!r} not found in the output")
+    return parse_answer(task, answer, key)
+
+
+def parse_answer(task: TaskSpec, answer: str, key: str) -> Parsed:
+    """Parses the answer part of a generation (after the answer marker, if any)."""
+    if task.structured.json_schema is not None:
+        return _parse_json(task, answer, key)
+    if task.output == "label":
+        return _parse_label(task, answer)
+    return Parsed(value=split_items(answer, task.parser.separators, key, task.parser.max_items))
+
+
+def answer_text(task: TaskSpec, raw: str) -> str | None:
+    """The part of the raw text that holds the answer: after the last answer marker, if the task has one."""
+    marker = task.parser.answer_marker
+    if not marker:
+        return raw
+    return raw.rsplit(marker, 1)[1] if marker in raw else None
+
+
+def split_items(text: str, separators: tuple[str, ...], key: str, max_items: int) -> list[str]:
+    """Splits a list answer into clean, distinct items other than the query itself."""
+    pattern = "|".join(re.escape(s) for s in (*separators, "\n"))
+    return clean_items(re.split(pattern, text), key, max_items)
+
+
+def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:
+    """Trims bullets, quotes and trailing punctuation; drops empty items, the query and repeats."""
+    items: list[str] = []
+    seen = {key}
+    for piece in pieces:
+        piece = _CONTROL.sub("", piece)
+        item = _LEADING.sub("", piece.strip()).strip(_WRAPPING).rstrip(_TRAILING).strip(_WRAPPING)
+        item = " ".join(item.split())
+        item_key = normalize_key(item)
+        if not item_key or item_key in seen:
+            continue
+        seen.add(item_key)
+        items.append(item)
+        if len(items) == max_items:
+            break
+    return items
+
+
+def _parse_json(task: TaskSpec, answer: str, key: str) -> Parsed:
+    try:
+        # strict=False: grammar engines (xgrammar in vLLM) let raw control characters
+        # into JSON strings, which strict JSON forbids; the items are cleaned below.
+        value = json.loads(answer, strict=False)
+    except json.JSONDecodeError as e:
+        # Under a JSON-schema constraint only a cut-off answer gets here.
+        return Parsed(error=f"output is not complete JSON ({e.msg}, character {e.pos}); raise sampling.max_tokens if it was cut off")
+    field = task.parser.json_field
+    if field is not None:
+        if not isinstance(value, dict) or field not in value:
+            return Parsed(error=f"output JSON has no member {field!r} (parser.json_field)")
+        value = value[field]
+    if task.output == "label":
+        if not isinstance(value, str):
+            return Parsed(error=f"expected a JSON string holding one of the labels, got {type(value).__name__}")
+        return _parse_label(task, value)
+    if not isinstance(value, list):
+        return Parsed(error=f"expected a JSON array of strings, got {type(value).__name__}")
+    pieces = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value]
+    return Parsed(value=clean_items(pieces, key, task.parser.max_items))
+
+
+def _parse_label(task: TaskSpec, answer: str) -> Parsed:
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if not lines:
+        return Parsed(error=f"empty output; expected one of {list(task.labels)}")
+    first = normalize_key(lines[0]).strip(_WRAPPING + _TRAILING)
+    by_key = {normalize_key(label): label for label in task.labels}
+    if first in by_key:
+        return Parsed(value=by_key[first])
+    words = first.split()
+    if words and words[0].strip(_TRAILING + ",") in by_key:
+        return Parsed(value=by_key[words[0].strip(_TRAILING + ",")])
+    return Parsed(error=f"{lines[0].strip()[:80]!r} is not one of the labels {list(task.labels)}")

@@ -1,0 +1,87 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from bulkinfer.format.quality import example_keys, failed_gates, is_echo, measure
+from bulkinfer.tasks.spec import GateSpec, load_task
+
+SYNONYMS = load_task("synonyms")
+CLASSIFY = load_task("classify")
+EXAMPLES = example_keys(SYNONYMS)
+
+
+def _rows(items: dict[str, tuple[list[str], str]]) -> pa.Table:
+    return pa.table(
+        {
+            "key": list(items),
+            "synonyms": [value for value, _ in items.values()],
+            "raw_output": [raw for _, raw in items.values()],
+        }
+    )
+
+
+def test_example_keys_hold_inputs_and_output_items():
+    assert {"laptop bag", "notebook bag", "flu jab", "car insurance"} <= EXAMPLES
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "echo"),
+    [
+        (" coronavirus vaccine, covid jab", "covid vaccine", False),
+        (" covid vaccine, covid jab", "covid vaccine", True),  # repeats the query
+        (" flu jab, influenza shot", "covid vaccine", True),  # copies an example's answer
+        (" Laptop Bag", "backpack", True),  # copies an example's input
+        ("", "covid vaccine", False),
+    ],
+)
+def test_list_echo(raw, key, echo):
+    assert is_echo(SYNONYMS, raw, key, EXAMPLES) is echo
+
+
+def test_label_echo_is_repeating_the_query():
+    assert is_echo(CLASSIFY, " lemon", "lemon", example_keys(CLASSIFY))
+    assert not is_echo(CLASSIFY, " hesperidium", "lemon", example_keys(CLASSIFY))
+
+
+def test_measure_rates_and_churn():
+    rows = _rows({"a": (["x"], " x"), "b": ([], " b"), "c": (["flu jab"], " flu jab"), "d": (["y"], " y")})
+    previous = pa.table({"key": ["a", "c", "gone"], "synonyms": [["x"], ["other"], ["z"]]})
+    quality = measure(SYNONYMS, rows, {"unparseable_output": 1}, previous)
+    assert quality == {"valid_rate": 0.8, "empty_rate": 0.25, "echo_rate": 0.5, "churn_rate": 0.5, "churn_compared": 2}
+
+
+def test_measure_without_rows_or_previous():
+    assert measure(SYNONYMS, None, {}, None)["valid_rate"] is None
+    assert measure(SYNONYMS, _rows({"a": (["x"], " x")}), {}, None)["churn_rate"] is None
+
+
+def test_failed_gates_name_threshold_and_value():
+    task = dataclasses.replace(SYNONYMS, gates=GateSpec(min_valid_rate=0.9, max_echo_rate=0.3))
+    failed = failed_gates(task, {"valid_rate": 0.8, "empty_rate": 0.0, "echo_rate": 0.5, "churn_rate": None})
+    assert failed == [
+        {"gate": "min_valid_rate", "threshold": 0.9, "value": 0.8},
+        {"gate": "max_echo_rate", "threshold": 0.3, "value": 0.5},
+    ]
+
+
+GEMMA = Path(__file__).parents[1] / "data" / "gemma3_270m_synonyms.json"
+
+
+def test_echo_gate_catches_the_real_base_model_copying_examples():
+    """Raw answers Gemma 3 270M (base) gave to the synonyms task on the sample corpus (`make run`)."""
+    recorded = json.loads(GEMMA.read_text())
+    assert recorded["rows"], "no recorded outputs"
+    rows = pa.table(
+        {
+            "key": [r["key"] for r in recorded["rows"]],
+            "synonyms": [r["synonyms"] for r in recorded["rows"]],
+            "raw_output": [r["raw_output"] for r in recorded["rows"]],
+        }
+    )
+    quality = measure(SYNONYMS, rows, {}, None)
+    assert quality["echo_rate"] > 0.5
+    strict = dataclasses.replace(SYNONYMS, gates=GateSpec(max_echo_rate=0.5))
+    assert [gate["gate"] for gate in failed_gates(strict, quality)] == ["max_echo_rate"]
