@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from bulkinfer.models.tiny import build_tiny_llama
 from bulkinfer.pipelines.cache_job import run
 

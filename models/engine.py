@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bulkinfer.models.gemma import GEMMA_ALIAS, ensure_gemma_dir
-
 from bulkinfer.errors import ConfigError
+from bulkinfer.models.gemma import GEMMA_ALIAS, ensure_gemma_dir
 
 
 @dataclass(frozen=True)

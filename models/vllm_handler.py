@@ -13,10 +13,10 @@ from typing import Any
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
-from bulkinfer.models.engine import Adapter, EngineConfig
 
 from bulkinfer.errors import Reason
 from bulkinfer.format.records import METRICS_NAMESPACE, Generation, PromptRequest
+from bulkinfer.models.engine import Adapter, EngineConfig
 from bulkinfer.tasks.spec import SamplingSpec, StructuredSpec
 
 _LOG = logging.getLogger(__name__)

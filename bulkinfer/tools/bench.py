@@ -7,7 +7,7 @@ repeat, so machine load affects them alike:
 - ``a``: raw ``vllm.LLM.generate`` with vLLM's defaults (the reference);
 - ``b``: Beam's ``VLLMCompletionsModelHandler`` through ``RunInference`` (an
   OpenAI-compatible vLLM server, one HTTP request per prompt);
-- ``c``: the bulkinfer job end to end (``pipelines.cache_job.run``: Parquet in,
+- ``c``: the bulkinfer job end to end (``bulkinfer.pipelines.cache_job.run``: Parquet in,
   published table out) on an already started engine;
 - ``d``: the bulkinfer engine stage alone (the job's model handler over prompt
   requests, in the job's batches).
@@ -328,7 +328,8 @@ class _Bulkinfer:
     def __init__(self, s: _Setup):
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from bulkinfer.pipelines.cache_job import CacheJobOptions, _handler, _plan
+        from bulkinfer.pipelines.cache_job import CacheJobOptions
+        from bulkinfer.pipelines.plan import make_handler, plan_tables
 
         self._s = s
         self._share = f"bench-bulkinfer-{os.getpid()}"
@@ -338,9 +339,9 @@ class _Bulkinfer:
             "--dtype", s.dtype, *kv, *s.job_args,
         ]  # fmt: skip
         job = PipelineOptions([*self._argv_base, "--output", str(s.root / "probe")]).view_as(CacheJobOptions)
-        self._plan = _plan(job, real_engine=True)[0]
+        self._plan = plan_tables(job, real_engine=True)[0]
         self._pretokenize = job.pretokenize == "on"
-        self._handler = _handler(job, self._plan, share_as=self._share)
+        self._handler = make_handler(job, self._plan, share_as=self._share)
         start = time.perf_counter()
         self._engine = self._handler.load_model()
         self._engine.get()

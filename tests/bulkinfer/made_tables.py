@@ -27,9 +27,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bulkinfer.pipelines.cache_job import run
 
 from bulkinfer.errors import GateError
+from bulkinfer.pipelines.cache_job import run
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
 

@@ -8,11 +8,11 @@ import threading
 
 import pyarrow as pa
 import pytest
-from bulkinfer.pipelines.cache_job import run
 
 from bulkinfer.errors import TableError
 from bulkinfer.lookup import store
 from bulkinfer.lookup.table import open_table
+from bulkinfer.pipelines.cache_job import run
 from tests.conftest import write_corpus, write_version
 from tests.fakes import FakeHandler
 

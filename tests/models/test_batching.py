@@ -8,10 +8,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
-from bulkinfer.models.engine import EngineConfig
-from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, LoadedEngine, VLLMHandler, batches_of, request_tokens
 
 from bulkinfer.format.records import PromptRequest
+from bulkinfer.models.engine import EngineConfig
+from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, LoadedEngine, VLLMHandler, batches_of, request_tokens
 from bulkinfer.tasks.spec import SamplingSpec
 
 SAMPLING = SamplingSpec(max_tokens=10)

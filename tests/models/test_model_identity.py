@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from bulkinfer.models.engine import load_adapter, model_digest
 
 from bulkinfer.errors import ConfigError
+from bulkinfer.models.engine import load_adapter, model_digest
 
 
 def test_adapters_of_one_shape_but_other_weights_differ(tiny_loras, tmp_path):

@@ -10,10 +10,10 @@ import dataclasses
 import json
 
 import pytest
-from bulkinfer.models.engine import EngineConfig, load_adapter
-from bulkinfer.models.vllm_handler import VLLMHandler, release_shared_engine
 
 from bulkinfer.format.records import PromptRequest
+from bulkinfer.models.engine import EngineConfig, load_adapter
+from bulkinfer.models.vllm_handler import VLLMHandler, release_shared_engine
 from bulkinfer.tasks.parsing import parse_output
 from bulkinfer.tasks.prompts import render_messages, render_prompt
 from bulkinfer.tasks.spec import ParserSpec, SamplingSpec, StructuredSpec, TaskSpec, load_task

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from bulkinfer.models.engine import EngineConfig
-from bulkinfer.models.vllm_handler import EngineHandle, LoadedEngine, VLLMHandler
 
 from bulkinfer.errors import Reason
 from bulkinfer.format.records import PromptRequest
+from bulkinfer.models.engine import EngineConfig
+from bulkinfer.models.vllm_handler import EngineHandle, LoadedEngine, VLLMHandler
 from bulkinfer.tasks.prompts import render_prompt
 from bulkinfer.tasks.spec import load_task
 

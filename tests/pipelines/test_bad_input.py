@@ -6,9 +6,9 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bulkinfer.pipelines.cache_job import run
 
 from bulkinfer.lookup.table import open_table
+from bulkinfer.pipelines.cache_job import run
 from tests.fakes import FakeHandler
 
 # (query bytes, market, expected reason or None for a table row). The query column is

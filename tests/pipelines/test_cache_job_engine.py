@@ -6,10 +6,10 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from bulkinfer.pipelines.cache_job import run
 
 from bulkinfer.cli import main
 from bulkinfer.lookup.table import open_table
+from bulkinfer.pipelines.cache_job import run
 from tests.conftest import write_corpus
 
 pytestmark = pytest.mark.engine

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from bulkinfer.pipelines.cache_job import run
 
 from bulkinfer.format import layout
 from bulkinfer.lookup.table import open_table
+from bulkinfer.pipelines.cache_job import run
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
 

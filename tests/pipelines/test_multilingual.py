@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bulkinfer.pipelines.cache_job import run
 
 from bulkinfer.errors import ConfigError, InputError
+from bulkinfer.pipelines.cache_job import run
 from tests.fakes import FakeHandler
 
 # Prompt line breaks tell which examples were shown (the fake handler answers "lines N"):

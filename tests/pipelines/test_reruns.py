@@ -10,13 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from bulkinfer.pipelines.cache_job import run
 
 from bulkinfer.cli import main as cli_main
 from bulkinfer.errors import ConfigError, GateError
 from bulkinfer.format import layout
 from bulkinfer.format.lock import TableLock
 from bulkinfer.lookup.table import open_table
+from bulkinfer.pipelines.cache_job import run
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
 

@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
-from bulkinfer.models.engine import EngineConfig
-from bulkinfer.pipelines.cache_job import CacheJobOptions, _engine_workers, run
 
 from bulkinfer.errors import ConfigError
+from bulkinfer.models.engine import EngineConfig
+from bulkinfer.pipelines.cache_job import CacheJobOptions, run
+from bulkinfer.pipelines.plan import runner_options
 from bulkinfer.tasks.spec import SamplingSpec, load_task, task_from_dict
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
@@ -36,12 +37,13 @@ def test_bad_throughput_flags_fail_before_any_work(tmp_path, extra, match):
 
 
 def test_engines_per_gpu_runs_one_worker_process_per_engine():
-    options = PipelineOptions(["--engines_per_gpu", "3"])
-    _engine_workers(options, options.view_as(CacheJobOptions))
+    argv = ["--engines_per_gpu", "3"]
+    parsed = PipelineOptions(argv)
+    options = runner_options(argv, parsed.view_as(CacheJobOptions))
     direct = options.view_as(DirectOptions)
     assert direct.direct_num_workers == 3 and direct.direct_running_mode == "multi_processing"
-    single = PipelineOptions([])
-    _engine_workers(single, single.view_as(CacheJobOptions))
+    assert parsed.view_as(DirectOptions).direct_num_workers == 1, "the parsed options are left as they were"
+    single = runner_options([], PipelineOptions([]).view_as(CacheJobOptions))
     assert single.view_as(DirectOptions).direct_num_workers == 1
 
 

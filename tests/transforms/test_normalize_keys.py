@@ -1,9 +1,9 @@
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline  # noqa: I001
 from apache_beam.testing.util import assert_that, equal_to
-from bulkinfer.transforms.normalize_keys import NormalizeKeys
 
 from bulkinfer.format.records import Provenance, QueryGroup
+from bulkinfer.transforms.normalize_keys import NormalizeKeys
 
 PROVENANCE = Provenance(run_id="r", model="m", model_digest="d", task="t", task_fingerprint="f", fingerprint="g", engine="e")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from bulkinfer.models.vllm_handler import tokenize_requests
-from bulkinfer.transforms.tokenize_prompts import TokenizePrompts
 
 from bulkinfer.format.records import PromptRequest
+from bulkinfer.models.vllm_handler import tokenize_requests
 from bulkinfer.tasks.prompts import render_messages, render_prompt
 from bulkinfer.tasks.spec import load_task
+from bulkinfer.transforms.tokenize_prompts import TokenizePrompts
 
 
 def test_token_ids_match_the_handlers_own_tokenisation_for_text_and_chat(tiny_model):
