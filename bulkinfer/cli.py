@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--no-metadata", action="store_true", help="leave out the per-record metadata object (provenance)")
 
     bench = commands.add_parser("bench", help="generation throughput: raw vLLM, Beam's vLLM handler, the job and its engine stage")
+    bench.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="instead: the job's own cost with an instant stand-in engine (full run and unchanged rerun over --rows queries), as JSON",
+    )
+    bench.add_argument("--rows", type=int, default=100_000, help="with --pipeline: distinct queries in the corpus (default 100000)")
     bench.add_argument("--device", default="cpu", help="cpu (tiny model, default) or gpu (workload W1's Qwen2.5-0.5B-shaped model, bf16)")
     bench.add_argument("--prompts", type=int, default=1024, help="distinct prompts per pass (default 1024)")
     bench.add_argument("--repeats", type=int, default=3, help="timed passes per variant, interleaved; figures are medians (default 3)")
@@ -258,6 +264,18 @@ def _bench(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bulkinfer").setLevel(logging.INFO)
+    if args.pipeline:
+        from bulkinfer.tools.pipeline_bench import run_pipeline_bench
+
+        if args.rows < 1:
+            raise ConfigError(f"--rows must be >= 1, got {args.rows}")
+        text = json.dumps(run_pipeline_bench(args.rows, args.repeats), indent=2)
+        if args.out:
+            from bulkinfer.format import layout
+
+            layout.write_text(args.out, text + "\n")
+        print(text)
+        return 0
     only = [v.strip() for v in args.only.split(",") if v.strip()]
     steps = [shlex.split(step) for step in args.step]
     result = run_bench(args.device, args.prompts, only, args.repeats, args.model, shlex.split(args.job_args), steps=steps)
