@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # an operational failure (disk, network, Redis, a damaged file): one line, details in a log
+        from bulkinfer.failures import report_failure
+
+        return report_failure(e, args.command)
 
 
 def _run(argv: list[str]) -> int:
@@ -132,6 +136,10 @@ def _run(argv: list[str]) -> int:
     except GateError as e:
         print(f"bulkinfer: not published: {e}", file=sys.stderr)
         return 3
+    except Exception as e:  # an operational failure (disk, engine, lock): nothing published; one line, details in a log
+        from bulkinfer.failures import report_failure
+
+        return report_failure(e, "run")
     # Several adapters: one manifest per table, one summary line each.
     tables = manifest["tables"] if "tables" in manifest else {None: manifest}
     for table, one in tables.items():
@@ -153,7 +161,11 @@ def _lookup(args: argparse.Namespace) -> int:
 def _versions(args: argparse.Namespace) -> int:
     from bulkinfer.format import layout
 
-    current = layout.read_current(args.table)
+    try:
+        current = layout.read_current(args.table)
+    except TableError as e:  # the listing is what an operator repairs CURRENT from: list anyway
+        print(f"bulkinfer: warning: {e}", file=sys.stderr)
+        current = None
     for name, manifest in layout.list_versions(args.table):
         summary = {
             "version": name,
@@ -172,7 +184,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from bulkinfer.format import layout
     from bulkinfer.format.lock import TableLock
 
-    before = layout.read_current(args.table)
+    before = layout.read_current_or_none(args.table)
     with TableLock(args.table, f"rollback-{before}"):
         target = layout.rollback(args.table, args.to)
     print(json.dumps({"table": args.table, "from": before, "to": target}))
@@ -215,9 +227,9 @@ def _export_store(args: argparse.Namespace) -> int:
     from bulkinfer.format import layout
     from bulkinfer.lookup import store
 
-    version = args.version or layout.read_current(args.table)
-    if version is None:
+    if args.version is None and layout.read_current(args.table) is None:
         raise TableError(f"{args.table} has no published version (no {layout.CURRENT} file); give --version")
+    version, _ = layout.resolve_version(args.table, args.version)
     started = time.perf_counter()
     path = store.write_store(args.table, version)
     print(json.dumps({"table": args.table, "version": version, "store": path, "seconds": round(time.perf_counter() - started, 3)}))
