@@ -102,11 +102,11 @@ def failed_gates(task: TaskSpec, quality: Mapping[str, Any]) -> list[dict[str, A
     gates = task.gates
     empty = [{"gate": "min_keys", "threshold": 1, "value": 0}] if quality.get("keys", 1) == 0 else []
     checks = [
-        ("max_failed_rate", "failed_rate", gates.max_failed_rate, lambda v, t: v <= t),
         ("min_valid_rate", "valid_rate", gates.min_valid_rate, lambda v, t: v >= t),
         ("max_empty_rate", "empty_rate", gates.max_empty_rate, lambda v, t: v <= t),
         ("max_echo_rate", "echo_rate", gates.max_echo_rate, lambda v, t: v <= t),
         ("max_churn_rate", "churn_rate", gates.max_churn_rate, lambda v, t: v <= t),
+        ("max_failed_rate", "failed_rate", gates.max_failed_rate, lambda v, t: v <= t),
     ]
     return [
         {"gate": gate, "threshold": threshold, "value": round(quality[measure_name], 4)}

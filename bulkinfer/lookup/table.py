@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from bulkinfer.errors import TableError
-from bulkinfer.format import fs, layout
+from bulkinfer.format import layout
 from bulkinfer.keys import KEY_VERSION, normalize_key
 from bulkinfer.lookup.store import Store, open_store
 
@@ -126,7 +126,7 @@ def open_table(location: str, version: str | None = None, cache_dir: str | os.Pa
     Raises:
         TableError: no table there, nothing published, or the version is incomplete.
     """
-    if version is None and layout.read_current(location) is None and fs.exists(location):
+    if version is None and layout.read_current(location) is None:
         raise TableError(f"{location} has no published version (no {layout.CURRENT} file); run `bulkinfer run --output {location}` first")
     version, manifest = layout.resolve_version(location, version)
     made_with = manifest.get("key_normalizer", 1)  # versions from before it was recorded used version 1
