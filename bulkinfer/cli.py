@@ -127,8 +127,10 @@ def _run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bulkinfer").setLevel(logging.INFO)
     try:
+        from bulkinfer.failures import no_tracebacks_on_terminal
         from bulkinfer.pipelines.cache_job import run
 
+        no_tracebacks_on_terminal()
         manifest = run(argv)
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ and the line says where.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -52,6 +53,30 @@ def summary(error: BaseException) -> str:
     message = lines[0] if lines else ""
     message = message if len(message) <= 400 else message[:400] + "..."
     return f"{type(telling).__name__}: {message}" if message else type(telling).__name__
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record without its exception's traceback (that goes to the log file)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self._inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        plain = logging.makeLogRecord(record.__dict__)
+        plain.exc_info, plain.exc_text, plain.stack_info = None, None, None
+        return self._inner.format(plain)
+
+
+def no_tracebacks_on_terminal() -> None:
+    """Keeps tracebacks that libraries log (Beam logs a failed stage's) off the terminal; the message line stays.
+
+    Call after the libraries are imported: some install their own handlers then.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
+            if not isinstance(handler.formatter, _WithoutTraceback):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 def _write_log(command: str, text: str) -> str | None:
