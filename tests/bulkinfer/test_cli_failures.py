@@ -107,3 +107,15 @@ def test_redis_without_write_permission_exits_1_in_one_line(tmp_path, redis_url,
     assert cli_main(["export", "redis", "--table", str(tmp_path / "table"), "--url", url]) == 1
     log = _one_line_with_log(capsys.readouterr().err, "NoPermissionError: this user has no permissions to run the 'sadd' command")
     assert log.parent == tmp_path / "cache" / "logs"
+
+
+def test_a_model_that_needs_its_own_code_is_refused_before_the_engine_starts(tmp_path, capsys):
+    model = tmp_path / "custom-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "mymodel", "auto_map": {"AutoModelForCausalLM": "modeling_my.MyModel"}}')
+    corpus = write_corpus(tmp_path / "corpus.parquet", ["covid vaccine"])
+    argv = ["run", "--task", "synonyms", "--input", str(corpus), "--output", str(tmp_path / "table"), "--model", str(model)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bulkinfer never runs code shipped with a model" in err and "Traceback" not in err
+    assert not (tmp_path / "table" / "versions").exists()
