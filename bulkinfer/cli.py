@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # an operational failure (disk, network, Redis, a damaged file): one line, details in a log
+        from bulkinfer.failures import report_failure
+
+        return report_failure(e, args.command)
 
 
 def _run(argv: list[str]) -> int:
@@ -129,8 +133,10 @@ def _run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bulkinfer").setLevel(logging.INFO)
     try:
+        from bulkinfer.failures import no_tracebacks_on_terminal
         from bulkinfer.pipelines.cache_job import run
 
+        no_tracebacks_on_terminal()
         manifest = run(argv)
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
@@ -138,6 +144,10 @@ def _run(argv: list[str]) -> int:
     except GateError as e:
         print(f"bulkinfer: not published: {e}", file=sys.stderr)
         return 3
+    except Exception as e:  # an operational failure (disk, engine, lock): nothing published; one line, details in a log
+        from bulkinfer.failures import report_failure
+
+        return report_failure(e, "run")
     # Several adapters: one manifest per table, one summary line each.
     tables = manifest["tables"] if "tables" in manifest else {None: manifest}
     for table, one in tables.items():
@@ -159,7 +169,11 @@ def _lookup(args: argparse.Namespace) -> int:
 def _versions(args: argparse.Namespace) -> int:
     from bulkinfer.format import layout
 
-    current = layout.read_current(args.table)
+    try:
+        current = layout.read_current(args.table)
+    except TableError as e:  # the listing is what an operator repairs CURRENT from: list anyway
+        print(f"bulkinfer: warning: {e}", file=sys.stderr)
+        current = None
     for name, manifest in layout.list_versions(args.table):
         summary = {
             "version": name,
@@ -178,7 +192,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from bulkinfer.format import layout
     from bulkinfer.format.lock import TableLock
 
-    before = layout.read_current(args.table)
+    before = layout.read_current_or_none(args.table)
     with TableLock(args.table, f"rollback-{before}"):
         target = layout.rollback(args.table, args.to)
     print(json.dumps({"table": args.table, "from": before, "to": target}))
@@ -221,9 +235,9 @@ def _export_store(args: argparse.Namespace) -> int:
     from bulkinfer.format import layout
     from bulkinfer.lookup import store
 
-    version = args.version or layout.read_current(args.table)
-    if version is None:
+    if args.version is None and layout.read_current(args.table) is None:
         raise TableError(f"{args.table} has no published version (no {layout.CURRENT} file); give --version")
+    version, _ = layout.resolve_version(args.table, args.version)
     started = time.perf_counter()
     path = store.write_store(args.table, version)
     print(json.dumps({"table": args.table, "version": version, "store": path, "seconds": round(time.perf_counter() - started, 3)}))

@@ -15,6 +15,15 @@ class TableError(ValueError):
     """A published table is missing or unreadable; the message says what to fix."""
 
 
+class EngineError(RuntimeError):
+    """The engine cannot go on (it died, ran out of memory, or rejected the task's sampling
+    parameters) or broke its contract: the run stops at once and nothing is published."""
+
+
+class LockLostError(RuntimeError):
+    """The run no longer holds its table's lock (its heartbeat failed, or another run took it): nothing is published."""
+
+
 class GateError(RuntimeError):
     """A quality gate failed: the new version is kept for inspection, not published."""
 

@@ -176,6 +176,7 @@ def resolve_model(model: str) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ConfigError(f"--model {model}: {path} has no config.json, so it is not a Hugging Face model directory")
+        _check_no_custom_code(model, path / "config.json")
         return str(path.resolve())
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") != 1
     if looks_like_path:
@@ -186,6 +187,19 @@ def resolve_model(model: str) -> str:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ConfigError(f"--model {model}: not a local directory, and HF_HUB_OFFLINE=1 forbids downloading it")
     return model
+
+
+def _check_no_custom_code(model: str, config_file: Path) -> None:
+    """A model whose type needs its own Python code (``auto_map``) would fail minutes into the engine start."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--model {model}: {config_file} does not read as JSON ({e})") from e
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise ConfigError(
+            f"--model {model}: its config.json maps the model to its own code (auto_map: {sorted(config['auto_map'])}); "
+            f"bulkinfer never runs code shipped with a model: use a model of an architecture vLLM supports"
+        )
 
 
 # Files up to this size are hashed whole; larger ones (weight shards) by samples.

@@ -14,7 +14,7 @@ from typing import Any
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from bulkinfer.errors import Reason
+from bulkinfer.errors import EngineError, Reason
 from bulkinfer.format.records import METRICS_NAMESPACE, Generation, PromptRequest
 from bulkinfer.models.engine import Adapter, EngineConfig
 from bulkinfer.tasks.spec import SamplingSpec, StructuredSpec
@@ -127,7 +127,10 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
     result, not a failed batch) and handed to the engine as token ids, sorted so
     that prompts sharing a prefix are scheduled together (results keep the input
     order). A batch the engine raises on is retried once, then bisected so that only
-    the prompts that fail alone come back as ``generation_failed``.
+    the prompts that fail alone come back as ``generation_failed``; an error no prompt
+    can cause (the engine died, memory ran out, the sampling parameters are refused)
+    raises :class:`EngineError` at once instead, and so does an engine that returns
+    other than one result per prompt.
 
     Batches are sized by a token budget (``max_batch_tokens``: prompt tokens plus
     ``max_tokens`` per request) rather than by a row count, so that each call gives
@@ -261,7 +264,10 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
         model: EngineHandle,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Generation]:
-        return self.generate(batch, model.get())
+        results = self.generate(batch, model.get())
+        if len(results) != len(batch) or any(g.request is not r for g, r in zip(results, batch, strict=True)):
+            raise EngineError(f"the engine returned {len(results)} results for a batch of {len(batch)} prompts; stopping")
+        return results
 
     def generate(self, batch: Sequence[PromptRequest], model: LoadedEngine) -> list[Generation]:
         """Generates for one batch on a started engine; results in input order."""
@@ -294,10 +300,13 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             return []
         try:
             kwargs = self._generate_kwargs()
+        except Exception as e:  # vLLM's parameter checks raise ValueError, TypeError, ...: all a task mistake, never a row's
+            raise EngineError(f"the engine refused the task's sampling parameters: {type(e).__name__}: {e}") from e
+        try:
             outputs = model.llm.generate([{"prompt_token_ids": ids} for _, ids in items], self._params, use_tqdm=False, **kwargs)
-        except Exception as e:  # the engine raises many types; a dead engine is re-raised below
-            if type(e).__name__ == "EngineDeadError":
-                raise
+        except Exception as e:  # the engine raises many types; those no prompt can cause stop the run
+            if is_fatal(e):
+                raise EngineError(f"the engine failed and cannot go on: {type(e).__name__}: {e}") from e
             if retry:
                 _LOG.warning("generate failed on a batch of %d (%s); retrying once", len(items), e)
                 return self._generate_with_retry(model, items, retry=False)
@@ -313,6 +322,8 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
                 ]
             half = len(items) // 2
             return self._generate_with_retry(model, items[:half], retry=False) + self._generate_with_retry(model, items[half:], retry=False)
+        if len(outputs) != len(items):
+            raise EngineError(f"the engine returned {len(outputs)} outputs for {len(items)} prompts; stopping")
         generations = []
         for (request, ids), out in zip(items, outputs, strict=True):
             completion = out.outputs[0]
@@ -340,6 +351,29 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Whether an engine error is one no prompt can cause, so retrying or bisecting the batch is pointless.
+
+    The engine process died (``EngineDeadError``), or host or device memory ran out.
+    """
+    if isinstance(error, MemoryError):
+        return True
+    fatal: list[type] = []
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        fatal.append(EngineDeadError)
+    except ImportError:  # an older or newer vLLM without it: memory errors still count
+        pass
+    try:
+        import torch
+
+        fatal.append(torch.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(error, tuple(fatal))
 
 
 def tokenize_requests(tokenizer: Any, batch: Sequence[PromptRequest]) -> list[list[int]]:

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bulkinfer.errors import ConfigError, GateError
 from bulkinfer.format import fs, layout
 from bulkinfer.format.lock import TableLock
-from bulkinfer.format.publish import check_gates, clear_leftovers, publish_version
+from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoints, publish_version
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
 from bulkinfer.models.gemma import GEMMA_ALIAS
 from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
@@ -166,10 +166,11 @@ def _run_table(
 ) -> dict[str, Any]:
     started = time.time()
     output, run_id = plan.output, plan.provenance.run_id
-    with TableLock(output, run_id):
-        previous = layout.read_current(output)
-        if previous == run_id:
-            raise ConfigError(f"run id {previous} is already the published version of {output}; give a new --run_id")
+    with TableLock(output, run_id) as lock:
+        published = layout.published_version(output)
+        previous = published[0] if published else None
+        if published is not None and previous == run_id:
+            return _already_published(plan, published[1])
         clear_leftovers(plan.vdir)
         reuse_from = None if job.full or previous is None else layout.version_dir(output, previous)
         pipeline = test_pipeline or beam.Pipeline(options=options)
@@ -179,8 +180,22 @@ def _run_table(
         manifest = summarise(plan, job, result, started, previous)
         layout.write_manifest(plan.vdir, manifest)
         check_gates(manifest, output, job.task, previous)
+        lock.check()
         pruned = publish_version(output, run_id, keep=job.keep)
     _LOG.info("published %s version %s: %s (pruned %s)", output, run_id, manifest["counts"], pruned or "none")
+    return manifest
+
+
+def _already_published(plan: TablePlan, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The same run again after it published (a scheduler's retry): nothing to do but the cleanup it may have missed."""
+    output, run_id = plan.output, plan.provenance.run_id
+    if manifest.get("fingerprint") != plan.provenance.fingerprint:
+        raise ConfigError(
+            f"run id {run_id} is already the published version of {output}, made with another task, model or "
+            f"engine (fingerprint differs); give a new --run_id"
+        )
+    drop_checkpoints(output)
+    _LOG.info("%s version %s is already published by this run; nothing to do", output, run_id)
     return manifest
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from bulkinfer.errors import ConfigError, InputError
+from bulkinfer.errors import ConfigError, InputError, TableError
 from bulkinfer.format import fs, layout
 from bulkinfer.format.records import SCHEMA_VERSION, Provenance
 from bulkinfer.models.engine import Adapter, EngineConfig, engine_version, fingerprint, load_adapter, model_digest, resolve_model
@@ -139,6 +139,7 @@ def plan_tables(job: CacheJobOptions, real_engine: bool) -> list[TablePlan]:
             adapter_digest=adapter_digest,
         )
         _check_writable(output)
+        _check_published(output)
         vdir = layout.version_dir(output, run_id)
         plans.append(TablePlan(task, fields, input_pattern, rows_in, engine, provenance, output, vdir, adapter, detector))
     return plans
@@ -285,6 +286,19 @@ def _check_writable(table: str) -> None:
     probe = fs.join(table, f".write-probe-{os.getpid()}")
     try:
         layout.write_text(probe, "ok")
-        fs.delete([probe])
     except Exception as e:  # any filesystem error here means the same thing to the user
         raise ConfigError(f"--output {table} is not writable: {e}") from e
+    finally:
+        # A full disk fails the write after the file was created: never leave the probe behind.
+        if fs.exists(probe):
+            fs.delete([probe])
+
+
+def _check_published(table: str) -> None:
+    """The published version, if any, must be whole before any work: the run reads it for reuse and churn."""
+    published = layout.published_version(table)
+    if published is not None:
+        try:
+            layout.verify_version(table, published[0])
+        except TableError as e:
+            raise TableError(f"--output {table}: the published {e}; roll back to a whole version first") from e

@@ -70,6 +70,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(str(e))
 
 
+def task_allowing_failures(directory: Path, name: str) -> str:
+    """A copy of a built-in task spec with ``gates.max_failed_rate: 1.0``; returns its path.
+
+    For logic tests whose tiny corpus is mostly bad rows on purpose (dead-letter
+    accounting, reuse of dead letters): the failure-rate gate would rightly refuse
+    those versions, and what they test is what happens to the rows.
+    """
+    from importlib import resources
+
+    import yaml
+
+    raw = yaml.safe_load((resources.files("bulkinfer.tasks.builtin") / f"{name}.yaml").read_text(encoding="utf-8"))
+    raw.setdefault("gates", {})["max_failed_rate"] = 1.0
+    path = directory / f"{name}-allowing-failures.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return str(path)
+
+
 def write_version(table: Path, version: str, answers: dict[str, list[str]], *, publish: bool = True, store: bool = True) -> Path:
     """Writes one complete version of a synonyms table without running the job; returns its directory.
 

@@ -47,14 +47,30 @@ def valid_version(version: str) -> bool:
     return bool(_VERSION.match(version))
 
 
+def check_version_name(version: str, what: str = "version") -> str:
+    """Returns ``version`` if it is a valid version name.
+
+    Raises:
+        TableError: it is not (``../x``, a path, an empty string, ...): no path built
+            from it may leave the table directory.
+    """
+    if not isinstance(version, str) or not valid_version(version):
+        raise TableError(f"{what} {version!r} is not a version name (a letter or digit, then letters, digits, '.', '_', '-'; at most 128)")
+    return version
+
+
 def version_dir(table: str, version: str) -> str:
-    """The directory of one version of a table."""
-    return fs.join(table, "versions", version)
+    """The directory of one version of a table.
+
+    Raises:
+        TableError: ``version`` is not a version name.
+    """
+    return fs.join(table, "versions", check_version_name(version))
 
 
 def checkpoint_dir(table: str, run_id: str) -> str:
     """Where a run checkpoints its generated results in chunks, until it publishes."""
-    return fs.join(table, CHECKPOINTS, run_id)
+    return fs.join(table, CHECKPOINTS, check_version_name(run_id, "run id"))
 
 
 def read_text(path: str) -> str:
@@ -70,11 +86,50 @@ def write_text(path: str, text: str) -> None:
 
 
 def read_current(table: str) -> str | None:
-    """The published version of a table, or None if nothing is published yet."""
+    """The published version of a table, or None if nothing is published yet.
+
+    Raises:
+        TableError: ``CURRENT`` does not hold a version name (binary or text
+            garbage, a path such as ``../other/versions/v``); the message says how
+            to repair it.
+    """
     path = fs.join(table, CURRENT)
     if not fs.exists(path):
         return None
-    return read_text(path).strip() or None
+    try:
+        name = read_text(path).strip()
+    except UnicodeDecodeError as e:
+        raise TableError(f"{path} is damaged: not text ({e}); {_REPAIR.format(table=table)}") from e
+    if not valid_version(name):
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise TableError(f"{path} is damaged: {shown!r} is not a version name; {_REPAIR.format(table=table)}")
+    return name
+
+
+_REPAIR = (
+    "list the versions with `bulkinfer versions --table {table}` and publish one with `bulkinfer rollback --table {table} --to VERSION`"
+)
+
+
+def read_current_or_none(table: str) -> str | None:
+    """Like :func:`read_current`, but a damaged ``CURRENT`` reads as None (for rollback and listing, which repair it)."""
+    try:
+        return read_current(table)
+    except TableError:
+        return None
+
+
+def published_version(table: str) -> tuple[str, dict[str, Any]] | None:
+    """The published version's name and manifest, both checked; None when nothing is published.
+
+    Raises:
+        TableError: ``CURRENT`` is damaged, or names a version that is missing or
+            whose manifest does not read.
+    """
+    name = read_current(table)
+    if name is None:
+        return None
+    return resolve_version(table, name)
 
 
 def publish(table: str, version: str) -> None:
@@ -94,7 +149,13 @@ def read_manifest(vdir: str) -> dict[str, Any]:
     path = fs.join(vdir, MANIFEST)
     if not fs.exists(path):
         raise TableError(f"{vdir} has no {MANIFEST}; it is not a complete version")
-    return json.loads(read_text(path))
+    try:
+        manifest = json.loads(read_text(path))
+    except (ValueError, OSError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise TableError(f"{path} does not read ({type(e).__name__}: {e}); the version is damaged") from e
+    if not isinstance(manifest, dict):
+        raise TableError(f"{path} holds no JSON object; the version is damaged")
+    return manifest
 
 
 def resolve_version(table: str, version: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -111,8 +172,8 @@ def resolve_version(table: str, version: str | None = None) -> tuple[str, dict[s
         TableError: no table there, nothing published and no version named, or no
             complete version of that name (the message lists the versions there are).
     """
-    if version is not None and not valid_version(version):
-        raise TableError(f"{version!r} is not a version name (letters, digits, '.', '_', '-')")
+    if version is not None:
+        check_version_name(version)
     name = version or read_current(table)
     if name is None:
         if not fs.exists(table):
@@ -201,10 +262,12 @@ def rollback(table: str, to: str | None = None) -> str:
     Raises:
         TableError: the version does not exist, is incomplete, or there is none to go back to.
     """
-    current = read_current(table)
+    # A damaged CURRENT is what a rollback repairs, so it does not stop one.
+    current = read_current_or_none(table)
     versions = list_versions(table)
     names = [name for name, _ in versions]
     if to is not None:
+        check_version_name(to)
         if to not in names:
             raise TableError(f"{table} has no complete version {to!r}; versions: {', '.join(names) or 'none'}")
         target = to
@@ -214,5 +277,37 @@ def rollback(table: str, to: str | None = None) -> str:
         if not passed:
             raise TableError(f"{table} has no version older than {current} that passed its gates; nothing to roll back to")
         target = passed[-1]
+    verify_version(table, target, deep=True)
     publish(table, target)
     return target
+
+
+def verify_version(table: str, version: str, *, deep: bool = False) -> dict[str, Any]:
+    """Checks that a version's files read and that their rows match its manifest; returns the manifest.
+
+    Args:
+        table: the table directory.
+        version: the version name.
+        deep: read every shard whole (rollback); otherwise only their footers (publish,
+            where the job has just read them whole).
+
+    Raises:
+        TableError: naming the file that does not read, or the count that does not match.
+    """
+    vdir = version_dir(table, version)
+    manifest = read_manifest(vdir)
+    found = {}
+    for kind in (PREDICTIONS, DEAD_LETTER):
+        rows = 0
+        for path in shard_paths(vdir, kind):
+            try:
+                rows += read_parquet(path).num_rows if deep else parquet_schema(path)[1]
+            except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...: all mean a damaged file
+                raise TableError(f"version {version} is damaged: {path} does not read ({type(e).__name__}: {e})") from e
+        found[kind] = rows
+    counts = manifest.get("counts") or {}
+    expected = {PREDICTIONS: counts.get("keys"), DEAD_LETTER: counts.get("dead_letter_records")}
+    for kind, want in expected.items():
+        if want is not None and want != found[kind]:
+            raise TableError(f"version {version} is damaged: its {kind} shards hold {found[kind]} rows, its manifest says {want} ({vdir})")
+    return manifest

@@ -42,12 +42,20 @@ def check_gates(manifest: dict[str, Any], table: str, task_flag: str, previous: 
     if not failed:
         return
     first, version = failed[0], manifest["version"]
+    where = "always on" if first["gate"] == "min_keys" else f"set in --task {task_flag}, gates.{first['gate']}"
     raise GateError(
         f"quality gate {first['gate']} failed: {first['value']} against threshold {first['threshold']} "
-        f"(set in --task {task_flag}, gates.{first['gate']}); version {version} kept unpublished "
+        f"({where}); version {version} kept unpublished "
         f"in {layout.version_dir(table, version)}; {table} still serves {previous or 'nothing'}"
         + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
     )
+
+
+def drop_checkpoints(table: str) -> None:
+    """Deletes the checkpoints of runs whose results the published version now holds (or superseded)."""
+    checkpoints = fs.join(table, layout.CHECKPOINTS)
+    if fs.exists(checkpoints):
+        fs.delete([checkpoints])
 
 
 def publish_version(table: str, version: str, keep: int) -> list[str]:
@@ -63,9 +71,9 @@ def publish_version(table: str, version: str, keep: int) -> list[str]:
     """
     # Lookups open the version's store, not its Parquet: build it while readers still see the previous version.
     write_store(table, version)
+    # The files must still read and hold what the manifest counts: CURRENT never names a damaged version.
+    layout.verify_version(table, version)
     layout.publish(table, version)
     # Published: every checkpointed result is in the table now (or was superseded).
-    checkpoints = fs.join(table, layout.CHECKPOINTS)
-    if fs.exists(checkpoints):
-        fs.delete([checkpoints])
+    drop_checkpoints(table)
     return layout.prune_versions(table, keep=keep)

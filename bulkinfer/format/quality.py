@@ -16,6 +16,9 @@ from bulkinfer.tasks.spec import TaskSpec
 
 _NO_LIMIT = 10**9
 
+FAILURE_REASONS = (Reason.GENERATION_FAILED, Reason.UNPARSEABLE_OUTPUT, Reason.PROMPT_TOO_LONG)
+"""Dead-letter reasons that count against ``gates.max_failed_rate``: keys the job should have answered."""
+
 
 def example_keys(task: TaskSpec) -> frozenset[str]:
     """Normalised inputs of the shown examples (every language's) and the items of their outputs."""
@@ -39,7 +42,7 @@ def is_echo(task: TaskSpec, raw: str, key: str, examples: frozenset[str]) -> boo
     if task.output == "label":
         answer = answer_text(task, raw) or ""
         lines = [line for line in answer.splitlines() if line.strip()]
-        return bool(lines) and normalize_key(lines[0]).strip(" .:\"") == key
+        return bool(lines) and normalize_key(lines[0]).strip(' .:"') == key
     # Parsed with an empty key, so the query itself is kept as an item; the parser
     # reads JSON answers (structured output) as well as separated text.
     parsed = parse_output(_every_item(task), raw, "")
@@ -62,12 +65,17 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
         previous: the previous published version's ``key`` and output column, if any.
 
     Returns:
-        ``valid_rate``, ``empty_rate``, ``echo_rate``, ``churn_rate`` (None where
-        there is nothing to measure) and the counts behind them.
+        ``keys``, ``valid_rate``, ``failed_rate``, ``empty_rate``, ``echo_rate``,
+        ``churn_rate`` (None where there is nothing to measure) and the counts behind them.
     """
     n = rows.num_rows if rows is not None else 0
     failed = dead_records.get(Reason.UNPARSEABLE_OUTPUT, 0)
-    out: dict[str, Any] = {"valid_rate": n / (n + failed) if n + failed else None}
+    lost = sum(dead_records.get(reason, 0) for reason in FAILURE_REASONS)
+    out: dict[str, Any] = {
+        "keys": n,
+        "valid_rate": n / (n + failed) if n + failed else None,
+        "failed_rate": lost / (n + lost) if n + lost else None,
+    }
     if not n:
         return out | {"empty_rate": None, "echo_rate": None, "churn_rate": None, "churn_compared": 0}
     keys = rows.column("key").to_pylist()
@@ -86,16 +94,22 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
 
 
 def failed_gates(task: TaskSpec, quality: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The gates a version misses, each with its threshold and measured value."""
+    """The gates a version misses, each with its threshold and measured value.
+
+    A version without a single key never passes (gate ``min_keys``): whatever the
+    reason, publishing it would replace every answer readers have with nothing.
+    """
     gates = task.gates
+    empty = [{"gate": "min_keys", "threshold": 1, "value": 0}] if quality.get("keys", 1) == 0 else []
     checks = [
         ("min_valid_rate", "valid_rate", gates.min_valid_rate, lambda v, t: v >= t),
         ("max_empty_rate", "empty_rate", gates.max_empty_rate, lambda v, t: v <= t),
         ("max_echo_rate", "echo_rate", gates.max_echo_rate, lambda v, t: v <= t),
         ("max_churn_rate", "churn_rate", gates.max_churn_rate, lambda v, t: v <= t),
+        ("max_failed_rate", "failed_rate", gates.max_failed_rate, lambda v, t: v <= t),
     ]
     return [
         {"gate": gate, "threshold": threshold, "value": round(quality[measure_name], 4)}
         for gate, measure_name, threshold, ok in checks
         if quality.get(measure_name) is not None and not ok(quality[measure_name], threshold)
-    ]
+    ] + empty

@@ -128,11 +128,10 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
         TableError: nothing published, or the version is incomplete.
         ConfigError: Redis cannot be reached.
     """
-    version = version or layout.read_current(table)
-    if version is None:
+    if version is None and layout.read_current(table) is None:
         raise TableError(f"{table} has no published version (no {layout.CURRENT} file); nothing to export")
+    version, manifest = layout.resolve_version(table, version)
     vdir = layout.version_dir(table, version)
-    manifest = layout.read_manifest(vdir)
     output = str(manifest.get("output_column", ""))
     rows = layout.read_shards(vdir, layout.PREDICTIONS, ["key", output, "model", "run_id"])
     if rows is None:

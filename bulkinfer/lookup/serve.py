@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
 import orjson
 
-from bulkinfer.errors import ConfigError
+from bulkinfer.errors import ConfigError, TableError
 from bulkinfer.format import layout
 from bulkinfer.lookup.table import PredictionTable, open_table
 
@@ -149,6 +151,7 @@ class LookupApp:
         self.metrics = _Metrics()
         """Prometheus metrics of this app."""
         self._failed_version: str | None = None
+        self._rebuilding: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._routes = {
             ("GET", "/v1/lookup"): self._get_lookup,
@@ -174,7 +177,16 @@ class LookupApp:
         The new store is opened in a worker thread (building it can take seconds for
         a version without one); requests keep being answered by the old one meanwhile.
         """
-        current = await asyncio.to_thread(layout.read_current, self.config.table)
+        try:
+            current = await asyncio.to_thread(layout.read_current, self.config.table)
+        except TableError as e:  # a damaged CURRENT: keep serving, say so on /healthz, log it once
+            if self.last_error != str(e):
+                self.last_error = str(e)
+                self.metrics.reloads.labels("error").inc()
+                _LOG.error("keeping version %s: %s", self.table and self.table.version, e)
+            return False
+        if self.last_error is not None and self._failed_version is None and self._rebuilding is None:
+            self.last_error = None  # CURRENT was repaired to the version being served
         if current is None or (self.table is not None and current == self.table.version) or current == self._failed_version:
             return False
         try:
@@ -203,6 +215,31 @@ class LookupApp:
                 asyncio.get_running_loop().call_later(self.config.close_grace_s, old.close)
             except RuntimeError:
                 old.close()
+
+    def _store_damaged(self, error: sqlite3.DatabaseError) -> None:
+        """Starts one rebuild of the served version's store from its Parquet shards (reopening checks the file whole)."""
+        if self._rebuilding is not None or self.table is None:
+            return
+        version = self.table.version
+        store = self.table.store.path
+        self.last_error = f"version {version}: the store {store} is damaged ({error}); rebuilding it from the Parquet shards"
+        _LOG.error("%s", self.last_error)
+        self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild(version))
+
+    async def _rebuild(self, version: str) -> None:
+        try:
+            table = await asyncio.to_thread(open_table, self.config.table, version, self.config.cache_dir)
+        except Exception as e:  # reported on /healthz; lookups keep failing with 503 until a new version is published
+            self.last_error = f"version {version}: the store is damaged and could not be rebuilt: {e}"
+            _LOG.error("%s", self.last_error)
+            return
+        finally:
+            self._rebuilding = None
+        if self.table is not None and self.table.version == version:
+            self._swap(table)
+            _LOG.info("serving version %s from a rebuilt store %s", version, table.store.path)
+        else:
+            table.close()
 
     async def _poll(self) -> None:
         while True:
@@ -251,6 +288,11 @@ class LookupApp:
             status, body, headers = await handler(scope, receive)
         except _UserError as e:
             status, body = e.status, e.body
+        except sqlite3.DatabaseError as e:  # the store file was damaged in place after it was opened
+            self._store_damaged(e)
+            message = "the lookup store is damaged and being rebuilt; retry shortly"
+            status, body = 503, orjson.dumps({"error": {"code": "store_damaged", "message": message}})
+            headers = [*headers, (b"retry-after", b"5")]
         except Exception:  # a bug of ours, not the client's input
             _LOG.exception("error answering %s %s", scope["method"], path)
             status, body = 500, orjson.dumps({"error": {"code": "internal", "message": "internal error; see the server log"}})
@@ -266,9 +308,12 @@ class LookupApp:
     def _check_query(self, query: Any, where: str) -> str:
         if not isinstance(query, str):
             raise _UserError(422, "not_a_string", f"{where} must be a string, got {type(query).__name__}")
-        if len(query) > self.config.max_query_chars:
-            limit = self.config.max_query_chars
-            raise _UserError(413, "query_too_long", f"{where} has {len(query)} characters; at most {limit}", limit=limit, got=len(query))
+        limit = self.config.max_query_chars
+        # Measured after NFKC too: some characters expand 18-fold (U+FDFA), and the key normaliser works on the expansion.
+        length = len(query) if len(query) > limit else len(unicodedata.normalize("NFKC", query))
+        if length > limit:
+            message = f"{where} has {length} characters (after NFKC); at most {limit}"
+            raise _UserError(413, "query_too_long", message, limit=limit, got=length)
         return query
 
     def _count(self, answers: list[dict[str, Any]]) -> None:
@@ -339,7 +384,8 @@ class LookupApp:
     async def _healthz(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         table = self._serving()
         body = {
-            "status": "ok",
+            # Still answering, from the version named below; what is wrong is in last_reload_error.
+            "status": "ok" if self.last_error is None else "degraded",
             "table": self.config.table,
             "version": table.version,
             "keys": len(table),

@@ -258,6 +258,22 @@ class Store:
     def __len__(self) -> int:
         return int(self.meta["rows"])
 
+    def check_integrity(self) -> None:
+        """Reads every page of the file and checks its structure (SQLite's ``quick_check``).
+
+        Raises:
+            TableError: the file is damaged (overwritten or truncated in place).
+        """
+        try:
+            problems = [row[0] for row in self._connection().execute("PRAGMA quick_check(5)")]
+            counted = self._connection().execute("SELECT count(*) FROM rows").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise TableError(f"{self.path} is damaged: {e}") from e
+        if problems != ["ok"]:
+            raise TableError(f"{self.path} is damaged: {'; '.join(problems)}")
+        if counted != len(self):
+            raise TableError(f"{self.path} is damaged: it holds {counted} rows, its metadata says {len(self)}")
+
     def get(self, key: str) -> bytes | None:
         """The encoded values of a key (a JSON array, see :attr:`columns`), or None."""
         found = self._connection().execute("SELECT v FROM rows WHERE k = ?", (key,)).fetchone()
@@ -309,6 +325,13 @@ def _open_matching(path: str | os.PathLike[str], version: str, digest: str) -> S
         _LOG.warning("passing over %s: %s", path, e)
         return None
     if store.meta.get("version") == version and store.meta.get("manifest_digest") == digest:
+        # A damaged file would fail lookups at random (500s) long after opening: check it whole once, now.
+        try:
+            store.check_integrity()
+        except TableError as e:
+            _LOG.error("passing over %s: %s; building a store from the Parquet shards instead", path, e)
+            store.close()
+            return None
         return store
     _LOG.warning("passing over %s: built from another manifest of version %s", path, version)
     store.close()

@@ -126,10 +126,9 @@ def open_table(location: str, version: str | None = None, cache_dir: str | os.Pa
     Raises:
         TableError: no table there, nothing published, or the version is incomplete.
     """
-    version = version or layout.read_current(location)
-    if version is None:
+    if version is None and layout.read_current(location) is None:
         raise TableError(f"{location} has no published version (no {layout.CURRENT} file); run `bulkinfer run --output {location}` first")
-    manifest = layout.read_manifest(layout.version_dir(location, version))
+    version, manifest = layout.resolve_version(location, version)
     made_with = manifest.get("key_normalizer", 1)  # versions from before it was recorded used version 1
     if made_with != KEY_VERSION:
         # Not an error: ASCII keys are the same under every version; other spellings may miss.

@@ -170,9 +170,12 @@ class GateSpec:
     """Largest share of rows whose output copies a few-shot example or echoes the query."""
     max_churn_rate: float = 1.0
     """Largest share of keys, among those in the previous version too, whose output changed."""
+    max_failed_rate: float = 0.05
+    """Largest share of keys dead-lettered ``generation_failed``, ``unparseable_output`` or
+    ``prompt_too_long`` (on by default: a failing engine must not publish a near-empty table)."""
 
     def __post_init__(self) -> None:
-        for name in ("min_valid_rate", "max_empty_rate", "max_echo_rate", "max_churn_rate"):
+        for name in ("min_valid_rate", "max_empty_rate", "max_echo_rate", "max_churn_rate", "max_failed_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"gates.{name} must be in [0, 1], got {value}")

@@ -50,7 +50,15 @@ def test_measure_rates_and_churn():
     rows = _rows({"a": (["x"], " x"), "b": ([], " b"), "c": (["flu jab"], " flu jab"), "d": (["y"], " y")})
     previous = pa.table({"key": ["a", "c", "gone"], "synonyms": [["x"], ["other"], ["z"]]})
     quality = measure(SYNONYMS, rows, {"unparseable_output": 1}, previous)
-    assert quality == {"valid_rate": 0.8, "empty_rate": 0.25, "echo_rate": 0.5, "churn_rate": 0.5, "churn_compared": 2}
+    assert quality == {
+        "keys": 4,
+        "valid_rate": 0.8,
+        "failed_rate": 0.2,
+        "empty_rate": 0.25,
+        "echo_rate": 0.5,
+        "churn_rate": 0.5,
+        "churn_compared": 2,
+    }
 
 
 def test_measure_without_rows_or_previous():
@@ -85,3 +93,25 @@ def test_echo_gate_catches_the_real_base_model_copying_examples():
     assert quality["echo_rate"] > 0.5
     strict = dataclasses.replace(SYNONYMS, gates=GateSpec(max_echo_rate=0.5))
     assert [gate["gate"] for gate in failed_gates(strict, quality)] == ["max_echo_rate"]
+
+
+def test_failed_rate_counts_every_key_the_job_should_have_answered():
+    rows = _rows({f"k{i}": (["x"], " x") for i in range(17)})
+    dead = {"generation_failed": 1, "prompt_too_long": 1, "unparseable_output": 1, "null_query": 50, "empty_query": 9}
+    quality = measure(SYNONYMS, rows, dead, None)
+    assert quality["failed_rate"] == 3 / 20  # input mistakes (null, empty) are not failures of the job
+    assert failed_gates(SYNONYMS, quality)[0]["gate"] == "max_failed_rate"
+    clean = measure(SYNONYMS, rows, {"generation_failed": 0}, None)
+    assert clean["failed_rate"] == 0.0 and failed_gates(SYNONYMS, clean) == []
+
+
+def test_a_version_without_keys_fails_even_without_measures():
+    quality = measure(SYNONYMS, None, {"null_query": 3}, None)
+    assert quality["keys"] == 0 and quality["failed_rate"] is None
+    assert failed_gates(SYNONYMS, quality) == [{"gate": "min_keys", "threshold": 1, "value": 0}]
+
+
+def test_failure_rate_gate_is_on_by_default_and_checked():
+    assert GateSpec().max_failed_rate == 0.05
+    with pytest.raises(Exception, match=r"gates.max_failed_rate must be in \[0, 1\], got 1.5"):
+        GateSpec(max_failed_rate=1.5)

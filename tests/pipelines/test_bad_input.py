@@ -51,7 +51,8 @@ def test_every_bad_row_is_dead_lettered_with_its_reason_and_nothing_is_lost(tmp_
     pq.write_table(pa.table({"query": queries, "market": [m for _, m, _ in BAD_ROWS]}), corpus)
     spec = tmp_path / "market_synonyms.yaml"
     # An empty list is a valid answer; an answer without the marker is not.
-    spec.write_text(SPEC + "parser:\n  answer_marker: 'synonyms:'\n")
+    # Most rows are bad on purpose: the failure-rate gate is lifted so that the version they make can be inspected.
+    spec.write_text(SPEC + "parser:\n  answer_marker: 'synonyms:'\ngates:\n  max_failed_rate: 1.0\n")
     handler = FakeHandler(
         answers={
             "good query": " synonyms: fine query",

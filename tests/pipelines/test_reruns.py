@@ -17,7 +17,7 @@ from bulkinfer.format import layout
 from bulkinfer.format.lock import TableLock
 from bulkinfer.lookup.table import open_table
 from bulkinfer.pipelines.cache_job import run
-from tests.conftest import write_corpus
+from tests.conftest import task_allowing_failures, write_corpus
 from tests.fakes import FakeHandler
 
 KEYS = [f"query {n}" for n in range(200)]
@@ -74,9 +74,10 @@ def test_unchanged_corpus_generates_nothing(tmp_path):
 def test_deterministic_dead_letters_are_carried_not_retried(tmp_path):
     answers = {"query 0": " drupe", "query 1": " not a label", "query 3": " pome", "query 4": " berry"}
     handler = FakeHandler(answers=answers, too_long=["query 2"])
-    first = _job(tmp_path, KEYS[:5], "r1", task="classify", handler=handler)
+    task = task_allowing_failures(tmp_path, "classify")
+    first = _job(tmp_path, KEYS[:5], "r1", task=task, handler=handler)
     assert first["dead_letter_reasons"] == {"prompt_too_long": 1, "unparseable_output": 1}
-    again = _job(tmp_path, KEYS[:5], "r2", task="classify", handler=handler)
+    again = _job(tmp_path, KEYS[:5], "r2", task=task, handler=handler)
     assert again["counts"]["generated"] == 0 and again["counts"]["reused_dead_letters"] == 2
     assert again["dead_letter_reasons"] == first["dead_letter_reasons"]
 
