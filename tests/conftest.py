@@ -85,6 +85,19 @@ def shared_engines() -> Iterator[dict[str, Any]]:
         shutdown(engine)
 
 
+@pytest.fixture(autouse=True)
+def _engines_only_in_engine_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``engine`` marker fails if it starts a vLLM engine, so ``-m "not engine"`` is fast for sure."""
+    if request.node.get_closest_marker("engine") is not None:
+        return
+    from bulkinfer.models.vllm_handler import VLLMHandler
+
+    def refuse(self: VLLMHandler) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a vLLM engine: mark it with @pytest.mark.engine")
+
+    monkeypatch.setattr(VLLMHandler, "_start_engine", refuse)
+
+
 @pytest.fixture(scope="session")
 def tiny_loras(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two LoRA adapters (PEFT format) for the tiny model, with different seeded random weights."""
