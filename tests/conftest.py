@@ -31,6 +31,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _beam_runs_offline() -> Iterator[None]:
+    """Beam's DirectRunner first tries the Prism runner, downloaded from GitHub: offline that
+    fails after about half a second per pipeline (some 80 in a run of the tests), and it falls
+    back to the FnApiRunner. The tests skip the attempt: FnApiRunner, network or not."""
+    from apache_beam.runners.portability import prism_runner
+
+    def unavailable(self: prism_runner.PrismRunner, pipeline: Any, options: Any) -> Any:
+        raise RuntimeError("the tests run Beam pipelines on the FnApiRunner, not Prism")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prism_runner.PrismRunner, "run_pipeline", unavailable)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Llama directory with a local BPE tokenizer."""
