@@ -1,4 +1,5 @@
-# bulkinfer: `make install && make run` sets everything up and runs the sample job; `make test` runs the tests.
+# bulkinfer: `make install && make run` sets everything up and runs the sample job; `make test` runs the tests
+# (`make test-fast`: all but those that start a real vLLM engine, for the inner loop).
 VENV     ?= .venv
 PYTHON   ?= python3
 EXTRAS   ?= cpu,dev
@@ -6,7 +7,7 @@ PY        = $(VENV)/bin/python
 BULKINFER = $(VENV)/bin/bulkinfer
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install system-deps run test lint clean
+.PHONY: install system-deps run test test-fast lint clean
 
 install: $(VENV)/.installed system-deps
 
@@ -37,6 +38,9 @@ run: install
 
 test: install lint
 	$(PY) -m pytest
+
+test-fast: install lint
+	$(PY) -m pytest -m "not engine"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,12 +31,86 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _beam_runs_offline() -> Iterator[None]:
+    """Beam's DirectRunner first tries the Prism runner, downloaded from GitHub: offline that
+    fails after about half a second per pipeline (some 80 in a run of the tests), and it falls
+    back to the FnApiRunner. The tests skip the attempt: FnApiRunner, network or not."""
+    from apache_beam.runners.portability import prism_runner
+
+    def unavailable(self: prism_runner.PrismRunner, pipeline: Any, options: Any) -> Any:
+        raise RuntimeError("the tests run Beam pipelines on the FnApiRunner, not Prism")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prism_runner.PrismRunner, "run_pipeline", unavailable)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Llama directory with a local BPE tokenizer."""
     from bulkinfer.models.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+# The environment the handler and the bench set before starting an engine (vLLM adds
+# variables of its own on every start, the same each time).
+_ENGINE_ENVIRONMENT = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
+
+
+@pytest.fixture(scope="session")
+def shared_engines() -> Iterator[dict[str, Any]]:
+    """One real vLLM engine per distinct engine configuration, for the whole session.
+
+    A start costs tens of seconds on a 2-core CPU, and the engine tests (handler, job,
+    bench) start the same two configurations over and over: the tiny model plain, and
+    with LoRA. While this fixture is active, ``vllm.LLM(**kwargs)`` hands back the
+    engine started earlier with the same arguments and the same vLLM CPU settings,
+    so the code under test runs as in production (it builds the arguments, counts its
+    start, reads the engine's limits); only the physical start is reused. Shutting a
+    pooled engine down waits for the end of the session. Worker processes of the
+    multi-process runner start their own engines.
+
+    Engines cache LoRA adapters by numeric id: tests sharing an engine must give one
+    id one adapter (``tiny_loras`` in order, as ``--adapter`` numbers them).
+    """
+    import vllm
+    from bulkinfer.models import vllm_handler
+
+    start, shutdown = vllm.LLM, vllm_handler.shutdown_engine
+    engines: dict[str, Any] = {}
+
+    def pooled(**kwargs: Any) -> Any:
+        settings = {name: os.environ.get(name) for name in _ENGINE_ENVIRONMENT}
+        key = json.dumps([kwargs, settings], sort_keys=True, default=str)
+        if key not in engines:
+            engines[key] = start(**kwargs)
+        return engines[key]
+
+    def shutdown_unless_pooled(llm: Any) -> None:
+        if all(llm is not engine for engine in engines.values()):
+            shutdown(llm)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vllm, "LLM", pooled)
+        patch.setattr(vllm_handler, "shutdown_engine", shutdown_unless_pooled)
+        yield engines
+    for engine in engines.values():
+        shutdown(engine)
+
+
+@pytest.fixture(autouse=True)
+def _engines_only_in_engine_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``engine`` marker fails if it starts a vLLM engine, so ``-m "not engine"`` is fast for sure."""
+    if request.node.get_closest_marker("engine") is not None:
+        return
+    from bulkinfer.models.vllm_handler import VLLMHandler
+
+    def refuse(self: VLLMHandler) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a vLLM engine: mark it with @pytest.mark.engine")
+
+    monkeypatch.setattr(VLLMHandler, "_start_engine", refuse)
 
 
 @pytest.fixture(scope="session")

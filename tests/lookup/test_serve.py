@@ -85,6 +85,15 @@ def test_lookups_answer_with_the_version(tmp_path):
         assert "swagger-ui" in http.get("/docs").text
 
 
+@pytest.fixture(scope="module")
+def served_v1(tmp_path_factory):
+    """A client of one server on a published v1, shared by the bad-input cases: none changes the table."""
+    table = tmp_path_factory.mktemp("served")
+    write_version(table, "v1", V1)
+    with _serve(table) as server, httpx.Client(base_url=server.url) as http:
+        yield http
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [
@@ -105,14 +114,12 @@ def test_lookups_answer_with_the_version(tmp_path):
         ("DELETE", "/v1/lookup", None, 405, "method_not_allowed"),
     ],
 )
-def test_bad_input_is_a_4xx_with_a_json_reason(tmp_path, method, path, body, status, code):
-    write_version(tmp_path, "v1", V1)
-    with _serve(tmp_path) as server, httpx.Client(base_url=server.url) as http:
-        kw = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
-        response = http.request(method, path, **kw)
-        assert response.status_code == status, response.text
-        assert response.json()["error"]["code"] == code
-        assert http.get("/v1/lookup?q=covid+vaccine").status_code == 200, "the server still answers"
+def test_bad_input_is_a_4xx_with_a_json_reason(served_v1, method, path, body, status, code):
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    response = served_v1.request(method, path, **kw)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert served_v1.get("/v1/lookup?q=covid+vaccine").status_code == 200, "the server still answers"
 
 
 def test_a_publish_under_load_switches_versions_without_a_failed_request(tmp_path):

@@ -18,7 +18,7 @@ from bulkinfer.tasks.parsing import parse_output
 from bulkinfer.tasks.prompts import render_messages, render_prompt
 from bulkinfer.tasks.spec import ParserSpec, SamplingSpec, StructuredSpec, TaskSpec, load_task
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("shared_engines")]
 
 SYNONYMS = load_task("synonyms")
 CLASSIFY = load_task("classify")

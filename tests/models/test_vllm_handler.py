@@ -13,7 +13,7 @@ from bulkinfer.models.vllm_handler import EngineHandle, LoadedEngine, VLLMHandle
 from bulkinfer.tasks.prompts import render_prompt
 from bulkinfer.tasks.spec import load_task
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("shared_engines")]
 
 TASK = load_task("synonyms")
 

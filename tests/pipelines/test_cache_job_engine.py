@@ -12,7 +12,7 @@ from bulkinfer.lookup.table import open_table
 from bulkinfer.pipelines.cache_job import run
 from tests.conftest import write_corpus
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("shared_engines")]
 
 LONG = " ".join(["vaccine"] * 700)
 QUERIES = ["Covid Vaccine", "covid   vaccine", "cheap flights", "CHEAP FLIGHTS ", "used cars", "vuelos baratos", "中古車", None, " ", LONG]

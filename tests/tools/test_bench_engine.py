@@ -6,11 +6,12 @@ import pytest
 
 from bulkinfer.tools.bench import render_table, run_bench
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("shared_engines")]
 
 
-def test_bench_runs_the_job_and_its_engine_stage_on_equal_outputs(tmp_path):
-    result = run_bench("cpu", prompts=8, only=("c", "d"), repeats=1, workdir=str(tmp_path))
+def test_bench_runs_the_job_and_its_engine_stage_on_equal_outputs(tiny_model, tmp_path):
+    # The session's tiny model is the one the CPU bench would build for itself (models.tiny).
+    result = run_bench("cpu", prompts=8, only=("c", "d"), repeats=1, model=str(tiny_model), workdir=str(tmp_path))
     variants = result["variants"]
     assert sorted(variants) == ["c", "d"]
     for v in variants.values():
