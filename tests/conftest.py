@@ -74,7 +74,7 @@ def write_version(table: Path, version: str, answers: dict[str, list[str]], *, p
     """Writes one complete version of a synonyms table without running the job; returns its directory.
 
     Rows carry every prediction column with fixed provenance (``run_id`` is the
-    version); ``store`` also builds its ``store.sqlite`` the way the job does.
+    version); ``store`` also builds its ``store.sqlite`` and match index the way the job does.
     """
     from bulkinfer.format import layout
     from bulkinfer.lookup import store as stores
@@ -103,7 +103,10 @@ def write_version(table: Path, version: str, answers: dict[str, list[str]], *, p
     manifest = {"version": version, "output_column": "synonyms", "output_kind": "list", "run_id": version, "counts": {"keys": n}}
     layout.write_manifest(str(vdir), manifest)
     if store:
+        from bulkinfer.lookup.match import write_match_index
+
         stores.write_store(str(table), version)
+        write_match_index(str(table), version)
     if publish:
         layout.publish(str(table), version)
     return vdir
