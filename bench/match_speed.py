@@ -16,9 +16,11 @@ item of its own, so each query has a dozen candidate matches.
 from __future__ import annotations
 
 import argparse
+import json
 import random
-import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,19 @@ from pathlib import Path
 def _words(rng: random.Random, n: int) -> list[str]:
     letters = "abcdefghijklmnopqrstuvwxyz"
     return list({"".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(n)})
+
+
+_CHILD = """
+import json, resource, time
+def out(**figures):
+    figures.update(seconds=time.perf_counter() - started, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(figures))
+"""
+
+
+def _child(code: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", _CHILD + code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -69,22 +84,27 @@ def main() -> None:
         manifest = {"version": "v1", "output_column": "synonyms", "output_kind": "list", "run_id": "v1", "key_normalizer": KEY_VERSION}
         layout.write_manifest(str(vdir), manifest)
         store.write_store(str(root), "v1")
-        started = time.perf_counter()
-        summary = match.write_match_index(str(root), "v1")
-        build = time.perf_counter() - started
+        del rows, items, keys  # the figures below come from fresh processes; free the generator's data
+        # The build and the load run in processes of their own, so their peak memory is theirs alone.
+        built = _child(
+            "from bulkinfer.lookup import match\n"
+            "started = time.perf_counter()\n"
+            f"summary = match.write_match_index({str(root)!r}, 'v1')\n"
+            "out(items=summary.items)"
+        )
         layout.publish(str(root), "v1")
-        assert summary is not None
+        loaded_in = _child(
+            "from bulkinfer import open_table\n"
+            "started = time.perf_counter()\n"
+            f"index = open_table({str(root)!r}).match_index()\n"
+            "opened = time.perf_counter() - started\n"
+            "index.load_automaton()\n"
+            "out(opened=opened)"
+        )
+        summary = match.MatchIndex(vdir).meta
         sizes = {name: (vdir / name).stat().st_size for name in (match.MATCH, match.AUTOMATON, match.CLAIMS)}
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-        # A fresh process would be fairer for RSS; the build's peak is reported separately.
-        started = time.perf_counter()
         table = open_table(str(root))
-        index = table.match_index()
-        opened = time.perf_counter() - started
-        started = time.perf_counter()
-        index.load_automaton()
-        loaded = time.perf_counter() - started
+        table.match_index().load_automaton()
 
         queries = []
         for _ in range(args.queries):
@@ -109,11 +129,18 @@ def main() -> None:
             exact.append(time.perf_counter_ns() - t0)
         q = statistics.quantiles(timings, n=100)
         e = statistics.quantiles(exact, n=100)
-        print(f"items {summary.items:,} (concepts {summary.concepts:,}, ambiguous {summary.ambiguous_items:,})")
-        print(f"build {build:.1f} s ({build / summary.items * 1e6:.1f} s per 1M items); peak RSS during build {rss_before / 1024:.0f} MiB")
+        items_n = summary["items"]
+        print(f"items {items_n:,} (concepts {summary['concepts']:,}, ambiguous {summary['ambiguous_items']:,})")
+        build = built["seconds"]
+        print(
+            f"build {build:.1f} s ({build / items_n * 1e6:.1f} s per 1M items); peak RSS of the building process {built['rss_mib']:.0f} MiB"
+        )
         print("files: " + ", ".join(f"{name} {size / 2**20:.0f} MiB" for name, size in sizes.items()))
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(f"open (metadata) {opened * 1e3:.1f} ms; automaton load {loaded:.2f} s; peak RSS after load {rss / 1024:.0f} MiB")
+        loaded = loaded_in["seconds"] - loaded_in["opened"]
+        print(
+            f"open_table + open the index {loaded_in['opened'] * 1e3:.0f} ms; automaton load {loaded:.2f} s; "
+            f"peak RSS of that process {loaded_in['rss_mib']:.0f} MiB"
+        )
         found_n = sum(len(table.match(query)["matches"]) for query in queries[:2000]) / 2000
         print(f"matches per query (mean of 2,000): {found_n:.1f}")
         print(

@@ -22,8 +22,8 @@ Two files per version, written at publish next to ``store.sqlite``::
 
     match.sqlite      meta(name, value)  -- JSON values: format, version, manifest digest, items, concepts, ...
                       items(id INTEGER PRIMARY KEY, item TEXT UNIQUE, claims BLOB)  -- claims: JSON [[concept, language], ...], ranked
-    match.automaton   a pyahocorasick automaton of every item (value: id << 12 | length in code points)
-    match.claims      the claims again by item id, for phrase matches: item count, n + 1 offsets, JSON blobs
+    match.automaton   a pyahocorasick automaton of every item (value: the item id)
+    match.claims      by item id, for phrase matches: item count, n + 1 offsets, item lengths, the claims as JSON
 
 Exact matches are one indexed read of ``match.sqlite`` through a memory map (any
 SQLite client can do it). Phrase matches read claims from ``match.claims`` through a
@@ -72,9 +72,10 @@ FORMAT = 1
 ITEM_LANGUAGES = "item_languages"
 """Optional prediction column: the language each item was generated for, parallel to the output list."""
 
-_LENGTH_BITS = 12
-_MAX_PHRASE_CHARS = (1 << _LENGTH_BITS) - 1
+_MAX_PHRASE_CHARS = 0xFFFF
 """Items longer than this (code points) match exactly only; no real synonym is that long."""
+_MAX_ITEMS = (1 << 31) - 1
+"""The automaton stores 32-bit signed values: item ids must fit."""
 
 _AMBIGUOUS_EXAMPLES = 5
 _INSERT_BATCH = 10_000
@@ -234,6 +235,8 @@ def build_match_index(directory: str | os.PathLike[str], rows: pa.Table, version
     if output not in rows.column_names or "key" not in rows.column_names:
         raise TableError(f"version {version} has no key or {output!r} column; columns: {', '.join(rows.column_names)}")
     claims = collect_claims(rows, output)
+    if len(claims) > _MAX_ITEMS:
+        raise TableError(f"version {version} has {len(claims)} distinct items; a match index holds at most {_MAX_ITEMS}")
     summary = summarise_claims(claims)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -241,11 +244,11 @@ def build_match_index(directory: str | os.PathLike[str], rows: pa.Table, version
     automaton_tmp, sqlite_tmp = directory / f".{AUTOMATON}.{token}.tmp", directory / f".{MATCH}.{token}.tmp"
     claims_tmp = directory / f".{CLAIMS}.{token}.tmp"
     try:
-        _write_claims(claims_tmp, [orjson.dumps(ranked) for _, ranked in claims])
+        _write_claims(claims_tmp, [(min(len(item), _MAX_PHRASE_CHARS), orjson.dumps(ranked)) for item, ranked in claims])
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         for item_id, (item, _) in enumerate(claims):
             if len(item) <= _MAX_PHRASE_CHARS:
-                automaton.add_word(item, (item_id << _LENGTH_BITS) | len(item))
+                automaton.add_word(item, item_id)
         automaton.make_automaton()
         automaton.save(str(automaton_tmp))
         meta = {
@@ -283,17 +286,21 @@ def build_match_index(directory: str | os.PathLike[str], rows: pa.Table, version
 
 
 _OFFSETS = struct.Struct("<QQ")
+_LENGTH = struct.Struct("<H")
 
 
-def _write_claims(path: Path, encoded: list[bytes]) -> None:
-    """Writes ``match.claims``: the item count and n + 1 offsets (little-endian uint64), then the JSON claims of each item."""
-    header = 8 * (len(encoded) + 2)
-    offsets = [len(encoded), header]
-    for blob in encoded:
+def _write_claims(path: Path, items: list[tuple[int, bytes]]) -> None:
+    """Writes ``match.claims``, all little-endian: the item count n (uint64); n + 1 file
+    offsets (uint64) delimiting each item's claims; each item's length in code points
+    (uint16); then the JSON claims of each item, in item id order."""
+    n = len(items)
+    offsets = [8 * (n + 2) + 2 * n]
+    for _, blob in items:
         offsets.append(offsets[-1] + len(blob))
     with path.open("wb") as f:
-        f.write(struct.pack(f"<{len(offsets)}Q", *offsets))
-        for blob in encoded:
+        f.write(struct.pack(f"<Q{n + 1}Q", n, *offsets))
+        f.write(struct.pack(f"<{n}H", *(length for length, _ in items)))
+        for _, blob in items:
             f.write(blob)
 
 
@@ -323,6 +330,7 @@ class MatchIndex:
         self._lock = threading.Lock()
         self._automaton: Any = None
         self._claims: mmap.mmap | None = None
+        self._lengths_at = 0
         try:
             meta = {name: json.loads(value) for name, value in self._connection().execute("SELECT name, value FROM meta")}
         except sqlite3.DatabaseError as e:
@@ -370,6 +378,8 @@ class MatchIndex:
         with (self.directory / CLAIMS).open("rb") as f:
             # Only the pages of the claims a match touches are read; nothing is copied at open.
             self._claims = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        (count,) = struct.unpack_from("<Q", self._claims, 0)
+        self._lengths_at = 8 * (count + 2)
         return ahocorasick.load(str(self.directory / AUTOMATON), orjson.loads)  # the deserialiser is unused for integer values
 
     def exact(self, key: str) -> list[dict[str, Any]]:
@@ -388,12 +398,14 @@ class MatchIndex:
         if not key:
             return []
         spans: list[tuple[int, int, int]] = []  # (-length, start, id): longest first, then leftmost
-        for end_index, value in self.load_automaton().iter(key):
-            length = value & _MAX_PHRASE_CHARS
+        automaton = self.load_automaton()  # maps the claims file too
+        claims, lengths_at = self._claims, self._lengths_at
+        for end_index, item_id in automaton.iter(key):
+            (length,) = _LENGTH.unpack_from(claims, lengths_at + 2 * item_id)
             end = end_index + 1
             start = end - length
             if is_boundary(key, start) and is_boundary(key, end):
-                spans.append((-length, start, value >> _LENGTH_BITS))
+                spans.append((-length, start, item_id))
         if not spans:
             return []
         spans.sort()
