@@ -72,6 +72,14 @@ def test_measure_without_rows_or_previous():
     assert measure(SYNONYMS, _rows({"a": (["x"], " x")}), {}, None)["churn_rate"] is None
 
 
+def test_the_length_gate_counts_answers_cut_off_at_max_tokens():
+    task = dataclasses.replace(SYNONYMS, gates=GateSpec(max_length_rate=0.05))
+    rows = _rows({"a": (["x"], " x"), "b": (["y"], " y, z, w")}).append_column("finish_reason", pa.array(["stop", "length"]))
+    quality = measure(task, rows, {}, None)
+    assert quality["length_rate"] == 0.5
+    assert failed_gates(task, quality) == [{"gate": "max_length_rate", "threshold": 0.05, "value": 0.5}]
+
+
 def test_failed_gates_name_threshold_and_value():
     task = dataclasses.replace(SYNONYMS, gates=GateSpec(min_valid_rate=0.9, max_echo_rate=0.3))
     failed = failed_gates(task, {"valid_rate": 0.8, "empty_rate": 0.0, "echo_rate": 0.5, "churn_rate": None})
