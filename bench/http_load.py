@@ -1,6 +1,7 @@
 """Benchmark: the HTTP lookup service under load, with a publish mid-run (prints figures; not a test).
 
 python bench/http_load.py [--rows 1000000] [--seconds 20] [--connections 32] [--app bulkinfer|fastapi] [--loadgen wrk|python]
+python bench/http_load.py --route match --rows 100000   # GET /v1/match: phrase matches, each version's match index built first
 
 Builds a table with version v1 published and v2 written (store included, as the job
 leaves it just before publishing), starts the service as a subprocess on a free
@@ -38,7 +39,7 @@ from urllib.parse import quote
 from lookup_load import build, probes
 
 from bulkinfer.format import layout
-from bulkinfer.lookup import store
+from bulkinfer.lookup import match, store
 from bulkinfer.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--app", choices=["bulkinfer", "fastapi"], default="bulkinfer")
     parser.add_argument("--loadgen", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--route", choices=["lookup", "match"], default="lookup", help="match: the probes inside a longer query")
     args = parser.parse_args()
     try:
         import uvloop
@@ -228,7 +230,12 @@ def main() -> None:
         store.write_store(tmp, "v1")
         build(Path(tmp), args.rows, version="v2", suffix=" new", publish=False)
         store.write_store(tmp, "v2")
-        paths = [f"/v1/lookup?q={quote(q)}" for q in probes(keys, 50_000)]
+        if args.route == "match":
+            for version in ("v1", "v2"):
+                match.write_match_index(tmp, version)
+            paths = [f"/v1/match?q={quote('where to find ' + q + ' near me')}" for q in probes(keys, 50_000)]
+        else:
+            paths = [f"/v1/lookup?q={quote(q)}" for q in probes(keys, 50_000)]
         requests = [f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for path in paths]
         port = free_port()
         server = _start(args.app, tmp, port)
@@ -240,7 +247,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-        print(json.dumps({"app": args.app, "rows": len(keys), "connections": args.connections, **result}))
+        print(json.dumps({"app": args.app, "route": args.route, "rows": len(keys), "connections": args.connections, **result}))
 
 
 if __name__ == "__main__":

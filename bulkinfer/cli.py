@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     lookup.add_argument("--table", required=True, help="table directory (the job's --output)")
     lookup.add_argument("--version", default=None, help="a version name (default: the published one)")
     lookup.add_argument("queries", nargs="*", help="queries to look up; none: read one per line from stdin")
+    match = commands.add_parser("match", help="which concepts live queries are about (phrases inside them); one JSON object per line")
+    match.add_argument("--table", required=True, help="table directory of a list task (the job's --output)")
+    match.add_argument("--version", default=None, help="a version name (default: the published one)")
+    match.add_argument("--exact", action="store_true", help="only the whole query as an item or concept key, no phrases inside it")
+    match.add_argument("queries", nargs="*", help="queries to match; none: read one per line from stdin")
     export = commands.add_parser("export", help="export a version for lookups: an embedded store file, or Redis")
     targets = export.add_subparsers(dest="target", required=True)
     export_store = targets.add_parser("store", help="write versions/<version>/store.sqlite (versions published before stores existed)")
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "lookup":
             return _lookup(args)
+        if args.command == "match":
+            return _match(args)
         if args.command == "versions":
             return _versions(args)
         if args.command == "rollback":
@@ -163,6 +170,16 @@ def _lookup(args: argparse.Namespace) -> int:
         queries = args.queries or [line.rstrip("\n") for line in sys.stdin]
         for answer in table.answer_many(queries):
             print(json.dumps(answer, ensure_ascii=False))
+    return 0
+
+
+def _match(args: argparse.Namespace) -> int:
+    from bulkinfer.lookup.table import open_table
+
+    with open_table(args.table, args.version) as table:
+        for query in args.queries or [line.rstrip("\n") for line in sys.stdin]:
+            answer = table.match(query, exact=args.exact)
+            print(json.dumps({name: answer[name] for name in ("query", "key", "matches")}, ensure_ascii=False))
     return 0
 
 

@@ -20,6 +20,7 @@ from bulkinfer.format import layout, quality
 from bulkinfer.format.manifest import account_rows
 from bulkinfer.format.records import METRICS_NAMESPACE
 from bulkinfer.keys import KEY_VERSION
+from bulkinfer.lookup.match import match_summary
 from bulkinfer.pipelines.plan import TablePlan
 
 if TYPE_CHECKING:  # the options class lives with the job it configures
@@ -86,6 +87,8 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
         "quality": {name: round(value, 4) if isinstance(value, float) else value for name, value in measured.items()},
         "key_normalizer": KEY_VERSION,
         "languages": _language_summary(plan, job, rows, result),
+        # What the match index built at publish holds: items, concepts, items several concepts claim.
+        "match": match_summary(rows, task.output_column) if task.output == "list" else None,
         "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),

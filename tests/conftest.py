@@ -76,6 +76,7 @@ def shared_engines() -> Iterator[dict[str, Any]]:
     id one adapter (``tiny_loras`` in order, as ``--adapter`` numbers them).
     """
     import vllm
+
     from bulkinfer.models import vllm_handler
 
     start, shutdown = vllm.LLM, vllm_handler.shutdown_engine
@@ -169,7 +170,7 @@ def write_version(table: Path, version: str, answers: dict[str, list[str]], *, p
     """Writes one complete version of a synonyms table without running the job; returns its directory.
 
     Rows carry every prediction column with fixed provenance (``run_id`` is the
-    version); ``store`` also builds its ``store.sqlite`` the way the job does.
+    version); ``store`` also builds its ``store.sqlite`` and match index the way the job does.
     """
     from bulkinfer.format import layout
     from bulkinfer.lookup import store as stores
@@ -198,7 +199,10 @@ def write_version(table: Path, version: str, answers: dict[str, list[str]], *, p
     manifest = {"version": version, "output_column": "synonyms", "output_kind": "list", "run_id": version, "counts": {"keys": n}}
     layout.write_manifest(str(vdir), manifest)
     if store:
+        from bulkinfer.lookup.match import write_match_index
+
         stores.write_store(str(table), version)
+        write_match_index(str(table), version)
     if publish:
         layout.publish(str(table), version)
     return vdir

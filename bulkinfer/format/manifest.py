@@ -26,7 +26,7 @@ class RowAccount:
     """Where the input rows of one version went."""
 
     rows: pa.Table | None
-    """The version's prediction rows (key, output column, raw output, source rows, run id, language); None without any."""
+    """The version's prediction rows (key, output column, raw output, source rows, run id, language, finish reason); None without any."""
     keys: int
     """Prediction rows (one per key)."""
     rows_in_table: int
@@ -61,7 +61,8 @@ def account_rows(vdir: str, output_column: str, run_id: str, rows_in: int, not_s
     """
     import pyarrow.compute as pc
 
-    rows = layout.read_shards(vdir, layout.PREDICTIONS, ["key", output_column, "raw_output", "source_rows", "run_id", "language"])
+    columns = ["key", output_column, "raw_output", "source_rows", "run_id", "language", "finish_reason"]
+    rows = layout.read_shards(vdir, layout.PREDICTIONS, columns)
     dead = layout.read_shards(vdir, layout.DEAD_LETTER, ["reason", "source_rows", "run_id"])
     keys = rows.num_rows if rows is not None else 0
     rows_in_table = int(pc.sum(rows.column("source_rows")).as_py() or 0) if keys else 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from bulkinfer.errors import GateError
 from bulkinfer.format import fs, layout
+from bulkinfer.lookup.match import write_match_index
 from bulkinfer.lookup.store import write_store
 
 _LOG = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def drop_checkpoints(table: str) -> None:
 
 
 def publish_version(table: str, version: str, keep: int) -> list[str]:
-    """Builds the version's lookup store, points ``CURRENT`` at it, then cleans up.
+    """Builds the version's lookup store and match index, points ``CURRENT`` at it, then cleans up.
 
     Args:
         table: the table directory.
@@ -71,6 +72,7 @@ def publish_version(table: str, version: str, keep: int) -> list[str]:
     """
     # Lookups open the version's store, not its Parquet: build it while readers still see the previous version.
     write_store(table, version)
+    write_match_index(table, version)
     # The files must still read and hold what the manifest counts: CURRENT never names a damaged version.
     layout.verify_version(table, version)
     layout.publish(table, version)

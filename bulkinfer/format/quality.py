@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,26 +31,29 @@ def example_keys(task: TaskSpec) -> frozenset[str]:
 
 
 def is_echo(task: TaskSpec, raw: str, key: str, examples: frozenset[str]) -> bool:
-    """Whether an output copies the prompt instead of answering.
+    """Whether an output copies the prompt instead of answering, after the parser's leak filter.
 
-    List tasks: some item repeats the query or an example's input or output item
-    (a base model that ignores the query answers ``flu jab`` for ``covid vaccine``
-    because the examples said so). Label tasks: the answer repeats the query.
+    List tasks: some item the parser keeps repeats the query or an example's input or
+    output item. Items that copy another query's example (a base model that answers
+    ``flu jab`` for ``covid vaccine`` because the examples said so) are dropped by the
+    parser and counted as ``example_leaks``, so the echo measure sees what is left:
+    the query repeated, or, for a query that is itself an example input, that
+    example's answer copied. Label tasks: the answer repeats the query.
     """
     if task.output == "label":
         answer = answer_text(task, raw) or ""
         lines = [line for line in answer.splitlines() if line.strip()]
         return bool(lines) and normalize_key(lines[0]).strip(' .:"') == key
-    # Parsed with an empty key, so the query itself is kept as an item; the parser
-    # reads JSON answers (structured output) as well as separated text.
-    parsed = parse_output(_every_item(task), raw, "")
+    # keep_query: the query itself stays an item; the parser reads JSON answers
+    # (structured output) as well as separated text.
+    parsed = parse_output(task, raw, key, keep_query=True)
     items = {normalize_key(item) for item in parsed.value or ()}
     return key in items or bool(items & examples)
 
 
-@functools.lru_cache(maxsize=16)
-def _every_item(task: TaskSpec) -> TaskSpec:
-    return dataclasses.replace(task, parser=dataclasses.replace(task.parser, max_items=_NO_LIMIT))
+def example_leaks(task: TaskSpec, raw: str, key: str) -> int:
+    """How many items of a list output the parser drops for copying a shown example."""
+    return len(parse_output(task, raw, key).example_leaks) if task.output == "list" else 0
 
 
 def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, int], previous: pa.Table | None) -> dict[str, Any]:
@@ -66,7 +67,10 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
 
     Returns:
         ``keys``, ``valid_rate``, ``failed_rate``, ``empty_rate``, ``echo_rate``,
-        ``churn_rate`` (None where there is nothing to measure) and the counts behind them.
+        ``length_rate`` (rows cut off at ``max_tokens``), ``example_leak_rate`` (rows
+        the parser dropped an item copying a shown example from), ``churn_rate`` (None
+        where there is nothing to measure) and the counts behind them (``example_leaks``:
+        items dropped).
     """
     n = rows.num_rows if rows is not None else 0
     failed = dead_records.get(Reason.UNPARSEABLE_OUTPUT, 0)
@@ -77,14 +81,30 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
         "failed_rate": lost / (n + lost) if n + lost else None,
     }
     if not n:
-        return out | {"empty_rate": None, "echo_rate": None, "churn_rate": None, "churn_compared": 0}
+        return out | {
+            "empty_rate": None,
+            "echo_rate": None,
+            "length_rate": None,
+            "example_leak_rate": None,
+            "example_leaks": 0,
+            "churn_rate": None,
+            "churn_compared": 0,
+        }
     keys = rows.column("key").to_pylist()
     outputs = rows.column(task.output_column).to_pylist()
     raws = rows.column("raw_output").to_pylist()
     empty = sum(1 for value in outputs if not value)
     examples = example_keys(task)
     echoes = sum(1 for key, raw in zip(keys, raws, strict=True) if is_echo(task, raw or "", key, examples))
-    out |= {"empty_rate": empty / n, "echo_rate": echoes / n}
+    leaks = [example_leaks(task, raw or "", key) for key, raw in zip(keys, raws, strict=True)]
+    cut = rows.column("finish_reason").to_pylist().count("length") if "finish_reason" in rows.column_names else 0
+    out |= {
+        "empty_rate": empty / n,
+        "echo_rate": echoes / n,
+        "length_rate": cut / n,
+        "example_leak_rate": sum(1 for count in leaks if count) / n,
+        "example_leaks": sum(leaks),
+    }
     if previous is None or previous.num_rows == 0 or task.output_column not in previous.column_names:
         return out | {"churn_rate": None, "churn_compared": 0}
     before = dict(zip(previous.column("key").to_pylist(), previous.column(task.output_column).to_pylist(), strict=True))
@@ -105,6 +125,7 @@ def failed_gates(task: TaskSpec, quality: Mapping[str, Any]) -> list[dict[str, A
         ("min_valid_rate", "valid_rate", gates.min_valid_rate, lambda v, t: v >= t),
         ("max_empty_rate", "empty_rate", gates.max_empty_rate, lambda v, t: v <= t),
         ("max_echo_rate", "echo_rate", gates.max_echo_rate, lambda v, t: v <= t),
+        ("max_length_rate", "length_rate", gates.max_length_rate, lambda v, t: v <= t),
         ("max_churn_rate", "churn_rate", gates.max_churn_rate, lambda v, t: v <= t),
         ("max_failed_rate", "failed_rate", gates.max_failed_rate, lambda v, t: v <= t),
     ]

@@ -4,6 +4,8 @@ Key layout (``NAME`` is the table name, ``VERSION`` a version, ``KEY`` a normali
 
     bulkinfer:NAME:current            STRING  the version readers use
     bulkinfer:NAME:VERSION:k:KEY      STRING  JSON {"<output column>": ..., "model": ..., "run_id": ...}
+    bulkinfer:NAME:VERSION:m:ITEM     STRING  list tasks: JSON [{"concept": ..., "language": ...}, ...], the concepts
+                                              claiming a normalised item (or key), ranked (exact matches)
     bulkinfer:NAME:VERSION:meta       HASH    version, output_column, output_kind, keys, exported_at, table
     bulkinfer:NAME:namespaces         SET     versions whose keys may still be in Redis
 
@@ -83,6 +85,11 @@ def value_key(name: str, version: str, key: str) -> str:
     return f"{PREFIX}:{name}:{version}:k:{key}"
 
 
+def match_key(name: str, version: str, item: str) -> str:
+    """The key holding the concepts that claim one normalised item of a version (exact matches)."""
+    return f"{PREFIX}:{name}:{version}:m:{item}"
+
+
 def redact(url: str) -> str:
     """A URL without its password, for messages."""
     parts = urlsplit(url)
@@ -133,7 +140,7 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
     version, manifest = layout.resolve_version(table, version)
     vdir = layout.version_dir(table, version)
     output = str(manifest.get("output_column", ""))
-    rows = layout.read_shards(vdir, layout.PREDICTIONS, ["key", output, "model", "run_id"])
+    rows = layout.read_shards(vdir, layout.PREDICTIONS)
     if rows is None:
         raise TableError(f"{vdir} has no {layout.PREDICTIONS}-*.parquet files")
     client = client or connect(config.url)
@@ -141,11 +148,13 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
     # Registered before the first write, so an export that dies half way is found and expired by the next.
     client.sadd(namespaces_key(config.name), version)
     written = _write(client, config, version, output, rows)
+    items = _write_matches(client, config, version, output, rows) if manifest.get("output_kind") == "list" else 0
     meta = {
         "version": version,
         "output_column": output,
         "output_kind": str(manifest.get("output_kind", "")),
         "keys": written,
+        "match_items": items,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "table": table if "://" in table else os.path.abspath(table),
     }
@@ -162,6 +171,7 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
         "version": version,
         "previous": previous,
         "keys": written,
+        "match_items": items,
         "seconds": round(seconds, 3),
         "keys_per_second": round(written / seconds) if seconds else None,
         "expiring": expiring,
@@ -183,6 +193,22 @@ def _write(client: Any, config: RedisExportConfig, version: str, output: str, ro
         client.mset(pairs)
         written += len(pairs)
     return written
+
+
+def _write_matches(client: Any, config: RedisExportConfig, version: str, output: str, rows: Any) -> int:
+    from bulkinfer.lookup.match import collect_claims
+
+    prefix = f"{namespace(config.name, version)}:m:".encode()
+    claims = collect_claims(rows, output)
+    for start in range(0, len(claims), config.batch_keys):
+        batch = claims[start : start + config.batch_keys]
+        client.mset(
+            {
+                prefix + item.encode(): orjson.dumps([{"concept": concept, "language": language} for concept, language in ranked])
+                for item, ranked in batch
+            }
+        )
+    return len(claims)
 
 
 def expire_superseded(client: Any, config: RedisExportConfig, keep: str) -> list[str]:
@@ -278,4 +304,29 @@ class RedisTable:
         return [
             None if value is None else {**orjson.loads(value), "key": key, "version": version}
             for key, value in zip(keys, values, strict=True)
+        ]
+
+    def match(self, query: str) -> dict[str, Any]:
+        """Exact matches of a query: ``{"query", "key", "matches", "version"}`` like ``PredictionTable.match(q, exact=True)``."""
+        return self.match_many([query])[0]
+
+    def match_many(self, queries: Iterable[str]) -> list[dict[str, Any]]:
+        """``match`` for each query, in order, with one MGET."""
+        version = self.version
+        queries = list(queries)
+        keys = [normalize_key(q) for q in queries]
+        if not keys:
+            return []
+        values = self.client.mget([match_key(self.name, version, key) for key in keys])
+        return [
+            {
+                "query": query,
+                "key": key,
+                "matches": [
+                    {"concept": claim["concept"], "item": key, "language": claim["language"], "start": 0, "end": len(key)}
+                    for claim in (orjson.loads(value) if value is not None else [])
+                ],
+                "version": version,
+            }
+            for query, key, value in zip(queries, keys, values, strict=True)
         ]

@@ -4,6 +4,8 @@ Endpoints::
 
     GET  /v1/lookup?q=...        one query -> {"query", "key", "found", <output>, "version", "model", "run_id"}
     POST /v1/lookup              {"queries": [...]} -> {"version": ..., "results": [...]} (one version for the batch)
+    GET  /v1/match?q=...[&exact=true]   one query -> {"query", "key", "matches": [{"concept", "item", "language", ...}], "version"}
+    POST /v1/match               {"queries": [...], "exact": false} -> {"version": ..., "results": [...]}
     GET  /healthz                table, version, keys, last reload and its error
     GET  /metrics                Prometheus text: requests by route and status, latency, hits/misses, version
     GET  /openapi.json, /docs    the API description (Swagger UI)
@@ -156,6 +158,8 @@ class LookupApp:
         self._routes = {
             ("GET", "/v1/lookup"): self._get_lookup,
             ("POST", "/v1/lookup"): self._post_lookup,
+            ("GET", "/v1/match"): self._get_match,
+            ("POST", "/v1/match"): self._post_match,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/metrics"): self._metrics,
             ("GET", "/openapi.json"): self._openapi,
@@ -169,7 +173,7 @@ class LookupApp:
         Raises:
             TableError: nothing is published, or the version cannot be read.
         """
-        self._swap(open_table(self.config.table, cache_dir=self.config.cache_dir))
+        self._swap(_open_for_serving(self.config.table, None, self.config.cache_dir))
 
     async def check_for_new_version(self) -> bool:
         """Swaps in the published version if ``CURRENT`` names another one; returns whether it did.
@@ -190,7 +194,7 @@ class LookupApp:
         if current is None or (self.table is not None and current == self.table.version) or current == self._failed_version:
             return False
         try:
-            table = await asyncio.to_thread(open_table, self.config.table, current, self.config.cache_dir)
+            table = await asyncio.to_thread(_open_for_serving, self.config.table, current, self.config.cache_dir)
         except Exception as e:  # any failure keeps the old version serving; the reason goes to /healthz and the log
             self._failed_version = current
             self.last_error = f"version {current}: {e}"
@@ -323,20 +327,24 @@ class LookupApp:
         if len(answers) - hits:
             self.metrics.misses.inc(len(answers) - hits)
 
-    async def _get_lookup(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def _query_params(self, scope: dict[str, Any], route: str) -> tuple[str, dict[str, list[str]]]:
         raw = scope["query_string"]
         try:
             if raw.startswith(b"q=") and b"&" not in raw:  # the usual request: skip parse_qs, a quarter of the app's time
-                values = [unquote_plus(raw[2:].decode("ascii"), errors="strict")]
+                params = {"q": [unquote_plus(raw[2:].decode("ascii"), errors="strict")]}
             else:
-                values = parse_qs(raw.decode("ascii"), keep_blank_values=True, errors="strict").get("q")
+                params = parse_qs(raw.decode("ascii"), keep_blank_values=True, errors="strict")
         except UnicodeDecodeError as e:
             raise _UserError(400, "bad_query_string", f"the query string is not percent-encoded UTF-8: {e}") from e
+        values = params.get("q")
         if not values:
-            raise _UserError(422, "missing_q", "give the query as ?q=...; POST /v1/lookup takes a batch")
+            raise _UserError(422, "missing_q", f"give the query as ?q=...; POST {route} takes a batch")
         if len(values) > 1:
-            raise _UserError(422, "several_q", f"give one q, got {len(values)}; POST /v1/lookup takes a batch")
-        query = self._check_query(values[0], "q")
+            raise _UserError(422, "several_q", f"give one q, got {len(values)}; POST {route} takes a batch")
+        return self._check_query(values[0], "q"), params
+
+    async def _get_lookup(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        query, _ = self._query_params(scope, "/v1/lookup")
         table = self._serving()
         answer = table.answer(query)
         (self.metrics.hits if answer["found"] else self.metrics.misses).inc()
@@ -362,6 +370,41 @@ class LookupApp:
         self._count(answers)
         body = orjson.dumps({"version": table.version, "results": answers})
         return 200, body, [_JSON, (b"x-bulkinfer-version", table.version.encode())]
+
+    async def _get_match(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        query, params = self._query_params(scope, "/v1/match")
+        exact = _flag(params.get("exact", ["false"])[-1], "exact")
+        table = self._matching()
+        return 200, orjson.dumps(table.match(query, exact=exact)), [_JSON, (b"x-bulkinfer-version", table.version.encode())]
+
+    async def _post_match(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        body = await self._read_body(scope, receive)
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise _UserError(400, "bad_json", f"the body is not JSON: {e}") from e
+        queries = request.get("queries") if isinstance(request, dict) else None
+        if not isinstance(queries, list):
+            raise _UserError(422, "missing_queries", 'the body must be a JSON object {"queries": ["...", ...], "exact": false}')
+        exact = request.get("exact", False)
+        if not isinstance(exact, bool):
+            raise _UserError(422, "bad_exact", f"exact must be true or false, got {exact!r}")
+        if len(queries) > self.config.max_batch:
+            limit = self.config.max_batch
+            raise _UserError(
+                413, "batch_too_large", f"{len(queries)} queries in one request; at most {limit}", limit=limit, got=len(queries)
+            )
+        for i, query in enumerate(queries):
+            self._check_query(query, f"queries[{i}]")
+        table = self._matching()
+        body = orjson.dumps({"version": table.version, "results": table.match_many(queries, exact=exact)})
+        return 200, body, [_JSON, (b"x-bulkinfer-version", table.version.encode())]
+
+    def _matching(self) -> PredictionTable:
+        table = self._serving()
+        if table.manifest.get("output_kind") != "list":
+            raise _UserError(404, "no_match_index", f"version {table.version} answers labels, not lists of items: it has no match index")
+        return table
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
         limit = self.config.max_body_bytes
@@ -406,6 +449,27 @@ class LookupApp:
 
     async def _docs(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         return 200, _DOCS_HTML, [(b"content-type", b"text/html; charset=utf-8")]
+
+
+def _open_for_serving(location: str, version: str | None, cache_dir: str | None) -> PredictionTable:
+    """Opens a version and, for list tasks, its match index with the phrase automaton: loading
+    it is seconds for millions of items, so it happens here, off the event loop, not on a request."""
+    table = open_table(location, version, cache_dir)
+    if table.manifest.get("output_kind") == "list":
+        try:
+            table.match_index().load_automaton()
+        except BaseException:
+            table.close()
+            raise
+    return table
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no", ""):
+        return False
+    raise _UserError(422, f"bad_{name}", f"{name} must be true or false, got {value!r}")
 
 
 def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
@@ -468,6 +532,51 @@ def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
                     ),
                 },
             },
+            "/v1/match": {
+                "get": {
+                    "summary": "Which concepts one query is about: items inside it (phrases) or the whole query (exact=true)",
+                    "parameters": [
+                        {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "maxLength": config.max_query_chars}},
+                        {"name": "exact", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
+                    ],
+                    "responses": responses({"$ref": "#/components/schemas/Matches"}, 400, 404, 413, 422),
+                },
+                "post": {
+                    "summary": "Match a batch of queries, all in one version",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["queries"],
+                                    "properties": {
+                                        "queries": {
+                                            "type": "array",
+                                            "maxItems": config.max_batch,
+                                            "items": {"type": "string", "maxLength": config.max_query_chars},
+                                        },
+                                        "exact": {"type": "boolean", "default": False},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": responses(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "version": {"type": "string"},
+                                "results": {"type": "array", "items": {"$ref": "#/components/schemas/Matches"}},
+                            },
+                        },
+                        400,
+                        404,
+                        413,
+                        422,
+                    ),
+                },
+            },
             "/healthz": {"get": {"summary": "The version served and the last reload error", "responses": responses({"type": "object"})}},
             "/metrics": {
                 "get": {
@@ -491,6 +600,29 @@ def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
                         "run_id": {"type": "string", "description": "the run that produced the answer (when found)"},
                     },
                 },
+                "Matches": {
+                    "type": "object",
+                    "required": ["query", "key", "matches", "version"],
+                    "properties": {
+                        "query": {"type": "string", "description": "the query as given"},
+                        "key": {"type": "string", "description": "the normalised query; start and end are code-point offsets into it"},
+                        "matches": {
+                            "type": "array",
+                            "description": "in query order; an item several concepts claim gives one entry per concept, ranked",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "concept": {"type": "string"},
+                                    "item": {"type": "string"},
+                                    "language": {"type": ["string", "null"]},
+                                    "start": {"type": "integer"},
+                                    "end": {"type": "integer"},
+                                },
+                            },
+                        },
+                        "version": {"type": "string"},
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "properties": {
@@ -510,7 +642,12 @@ def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
     }
 
 
-_STATUS_TEXT = {400: "malformed request", 413: "query, batch or body too large", 422: "request of the wrong shape"}
+_STATUS_TEXT = {
+    400: "malformed request",
+    404: "the table answers labels: no match index",
+    413: "query, batch or body too large",
+    422: "request of the wrong shape",
+}
 
 _DOCS_HTML = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bulkinfer lookup service</title>

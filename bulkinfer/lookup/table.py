@@ -22,6 +22,7 @@ import orjson
 from bulkinfer.errors import TableError
 from bulkinfer.format import layout
 from bulkinfer.keys import KEY_VERSION, normalize_key
+from bulkinfer.lookup.match import MatchIndex, open_match_index
 from bulkinfer.lookup.store import Store, open_store
 
 _LOG = logging.getLogger(__name__)
@@ -36,8 +37,10 @@ class PredictionTable:
     ``source_rows``, ``run_id``, ``model``, ...).
     """
 
-    def __init__(self, location: str, version: str, manifest: dict[str, Any], store: Store):
-        """Use :func:`open_table`; this takes an opened store of the version."""
+    def __init__(
+        self, location: str, version: str, manifest: dict[str, Any], store: Store, cache_dir: str | os.PathLike[str] | None = None
+    ):
+        """Use :func:`open_table`; this takes an opened store of the version (and where to build a missing match index)."""
         self.location = location
         """The table directory."""
         self.version = version
@@ -51,6 +54,8 @@ class PredictionTable:
         self._columns = store.columns
         self._constants = store.constants
         self._missing: Any = [] if manifest.get("output_kind") == "list" else None
+        self._cache_dir = cache_dir
+        self._match_index: MatchIndex | None = None
 
     def __len__(self) -> int:
         return len(self.store)
@@ -89,9 +94,41 @@ class PredictionTable:
         found = self.store.get_many(set(keys))
         return [self._answer(q, key, self._row(key, found[key]) if key in found else None) for q, key in zip(queries, keys, strict=True)]
 
+    def match(self, query: str, exact: bool = False) -> dict[str, Any]:
+        """Which concepts a live query is about: ``{"query", "key", "matches", "version"}``.
+
+        ``matches`` holds ``{"concept", "item", "language", "start", "end"}`` objects in
+        query order (``start``/``end``: code-point offsets into ``key``). By default
+        every item inside the normalised query on token boundaries, longest first,
+        non-overlapping; with ``exact``, only the whole query as an item or a concept
+        key. An item claimed by several concepts gives one match per concept, ranked
+        (see :mod:`bulkinfer.lookup.match`).
+
+        Raises:
+            TableError: the table answers labels, not lists of items.
+        """
+        key = normalize_key(query)
+        return {"query": query, "key": key, "matches": self.match_index().match(key, exact=exact), "version": self.version}
+
+    def match_many(self, queries: Iterable[str], exact: bool = False) -> list[dict[str, Any]]:
+        """``match`` for each query, in order."""
+        return [self.match(query, exact=exact) for query in queries]
+
+    def match_index(self) -> MatchIndex:
+        """The version's match index, opened on first use (built once into the cache for versions without one).
+
+        Raises:
+            TableError: the table answers labels, not lists of items.
+        """
+        if self._match_index is None:
+            self._match_index = open_match_index(self.location, self.version, self.manifest, self._cache_dir)
+        return self._match_index
+
     def close(self) -> None:
-        """Closes the store; later lookups fail."""
+        """Closes the store and the match index; later lookups fail."""
         self.store.close()
+        if self._match_index is not None:
+            self._match_index.close()
 
     def _get_key(self, key: str) -> dict[str, Any] | None:
         value = self.store.get(key)
@@ -140,4 +177,4 @@ def open_table(location: str, version: str | None = None, cache_dir: str | os.Pa
             made_with,
             KEY_VERSION,
         )
-    return PredictionTable(location, version, manifest, open_store(location, version, manifest, cache_dir))
+    return PredictionTable(location, version, manifest, open_store(location, version, manifest, cache_dir), cache_dir)

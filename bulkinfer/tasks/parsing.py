@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -27,16 +28,21 @@ class Parsed:
     """A list of strings (``list`` tasks) or one label (``label`` tasks)."""
     error: str | None = None
     """Why the text could not be read, for the dead-letter message."""
+    example_leaks: tuple[str, ...] = ()
+    """``list`` tasks: items dropped because they copy a shown example (its input or an
+    item of its answer) of another query than this one."""
 
 
-def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
+def parse_output(task: TaskSpec, raw: str, key: str, *, keep_query: bool = False) -> Parsed:
     """Parses one raw generation.
 
     ``list`` tasks: split on the separators and line breaks, trim bullets, quotes
     and trailing punctuation, drop empty items and the query itself, dedupe by
-    normalised key keeping the model's order, keep at most ``max_items``. An empty
-    list is a valid answer (the model found nothing). ``label`` tasks: the first
-    line must name one of the labels (case-insensitive).
+    normalised key keeping the model's order, drop items that copy a shown example
+    (an example's input or answer item, unless that example is this very query:
+    ``example_leaks``), keep at most ``max_items``. An empty list is a valid answer
+    (the model found nothing). ``label`` tasks: the first line must name one of the
+    labels (case-insensitive).
 
     Never raises on any string.
 
@@ -44,6 +50,7 @@ def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
         task: the task spec.
         raw: the generated text.
         key: the query's normalised key.
+        keep_query: keep an item that repeats the query (the echo measure looks for them).
 
     Returns:
         The typed value, or an error saying why there is none.
@@ -51,7 +58,55 @@ def parse_output(task: TaskSpec, raw: str, key: str) -> Parsed:
     answer = answer_text(task, raw)
     if answer is None:
         return Parsed(error=f"answer marker {task.parser.answer_marker!r} not found in the output")
-    return parse_answer(task, answer, key)
+    if task.output != "list":
+        return parse_answer(task, answer, key)
+    # Parsed without the item limit first: leaks must not take the places of real items.
+    unlimited = _unlimited(task)
+    parsed = parse_answer(unlimited, answer, "" if keep_query else key)
+    if parsed.value is None:
+        return parsed
+    leaked = example_items(task, key)
+    kept: list[str] = []
+    leaks: list[str] = []
+    for item in parsed.value:
+        (leaks if normalize_key(item) in leaked else kept).append(item)
+    return Parsed(value=kept[: task.parser.max_items], example_leaks=tuple(leaks))
+
+
+def example_items(task: TaskSpec, key: str) -> frozenset[str]:
+    """Normalised inputs and answer items of the shown examples, except those of an example whose input is ``key``."""
+    by_input = _example_items_by_input(task)
+    own = by_input.get(key)
+    if own is None:
+        return _every_example_item(task)
+    return frozenset(item for example_input, items in by_input.items() if example_input != key for item in items)
+
+
+@functools.lru_cache(maxsize=64)
+def _example_items_by_input(task: TaskSpec) -> dict[str, frozenset[str]]:
+    by_input: dict[str, set[str]] = {}
+    for example in task.every_shown_example:
+        example_input = normalize_key(example.input)
+        items = by_input.setdefault(example_input, set())
+        items.add(example_input)
+        if task.structured.json_schema is None:
+            items.update(normalize_key(item) for item in split_items(example.output, task.parser.separators, "", 10**9))
+        else:
+            parsed = parse_answer(_unlimited(task), example.output, "")
+            items.update(normalize_key(item) for item in parsed.value or ())
+    return {example_input: frozenset(items - {""}) for example_input, items in by_input.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _every_example_item(task: TaskSpec) -> frozenset[str]:
+    return frozenset(item for items in _example_items_by_input(task).values() for item in items)
+
+
+@functools.lru_cache(maxsize=64)
+def _unlimited(task: TaskSpec) -> TaskSpec:
+    import dataclasses
+
+    return dataclasses.replace(task, parser=dataclasses.replace(task.parser, max_items=10**9))
 
 
 def parse_answer(task: TaskSpec, answer: str, key: str) -> Parsed:

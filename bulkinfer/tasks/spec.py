@@ -23,7 +23,8 @@ from bulkinfer.tasks.parsing import answer_text, parse_answer
 
 # Bumped whenever parsing code changes what it returns for the same raw text, so
 # the fingerprint (and with it result reuse across runs) sees the change.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
+"""2: list items that copy a shown example of another query are dropped (``example_leaks``)."""
 
 OutputKind = Literal["list", "label"]
 PromptFormat = Literal["completion", "chat"]
@@ -173,9 +174,11 @@ class GateSpec:
     max_failed_rate: float = 0.05
     """Largest share of keys dead-lettered ``generation_failed``, ``unparseable_output`` or
     ``prompt_too_long`` (on by default: a failing engine must not publish a near-empty table)."""
+    max_length_rate: float = 1.0
+    """Largest share of rows whose answer was cut off at ``sampling.max_tokens`` (finish reason ``length``)."""
 
     def __post_init__(self) -> None:
-        for name in ("min_valid_rate", "max_empty_rate", "max_echo_rate", "max_churn_rate", "max_failed_rate"):
+        for name in ("min_valid_rate", "max_empty_rate", "max_echo_rate", "max_churn_rate", "max_failed_rate", "max_length_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"gates.{name} must be in [0, 1], got {value}")

@@ -9,7 +9,7 @@ Synonyms (built-in task, 3 examples), A the teacher and B the student::
     red shoes       crimson shoes                            scarlet shoes                      jaccard 0
     blue hat        navy hat, azure hat                      (empty)                            jaccard 0
     only a / only b one side only
-    echo one        flu jab, something      (A only: copies an example's item -> echo)
+    echo one        flu jab, something      (A only: copies an example's item; the parser drops it -> something)
     empty one       (empty)                 (A only)
     self echo       self echo, other        (A only: repeats the query -> echo; the parser dropped it from the list)
 

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 
 from bulkinfer.format.quality import example_keys, failed_gates, is_echo, measure
+from bulkinfer.tasks.parsing import parse_output
 from bulkinfer.tasks.spec import GateSpec, load_task
 
 SYNONYMS = load_task("synonyms")
@@ -32,8 +33,11 @@ def test_example_keys_hold_inputs_and_output_items():
     [
         (" coronavirus vaccine, covid jab", "covid vaccine", False),
         (" covid vaccine, covid jab", "covid vaccine", True),  # repeats the query
-        (" flu jab, influenza shot", "covid vaccine", True),  # copies an example's answer
-        (" Laptop Bag", "backpack", True),  # copies an example's input
+        # Copies of another query's example are dropped by the parser (example_leaks): echo sees what is left.
+        (" flu jab, influenza shot", "covid vaccine", False),
+        (" Laptop Bag", "backpack", False),
+        (" flu jab, covid vaccine", "covid vaccine", True),  # what is left repeats the query
+        (" flu jab, influenza vaccine", "flu shot", True),  # an example's own query answered with its example answer
         ("", "covid vaccine", False),
     ],
 )
@@ -47,15 +51,19 @@ def test_label_echo_is_repeating_the_query():
 
 
 def test_measure_rates_and_churn():
-    rows = _rows({"a": (["x"], " x"), "b": ([], " b"), "c": (["flu jab"], " flu jab"), "d": (["y"], " y")})
+    rows = _rows({"a": (["x"], " x"), "b": ([], " b"), "c": ([], " flu jab, car cover"), "d": (["y"], " y")})
+    rows = rows.append_column("finish_reason", pa.array(["stop", "stop", "stop", "length"]))
     previous = pa.table({"key": ["a", "c", "gone"], "synonyms": [["x"], ["other"], ["z"]]})
     quality = measure(SYNONYMS, rows, {"unparseable_output": 1}, previous)
     assert quality == {
         "keys": 4,
         "valid_rate": 0.8,
         "failed_rate": 0.2,
-        "empty_rate": 0.25,
-        "echo_rate": 0.5,
+        "empty_rate": 0.5,
+        "echo_rate": 0.25,  # "b" repeats its query; "c" copied two examples' items, dropped and counted as leaks
+        "length_rate": 0.25,
+        "example_leak_rate": 0.25,
+        "example_leaks": 2,
         "churn_rate": 0.5,
         "churn_compared": 2,
     }
@@ -64,6 +72,14 @@ def test_measure_rates_and_churn():
 def test_measure_without_rows_or_previous():
     assert measure(SYNONYMS, None, {}, None)["valid_rate"] is None
     assert measure(SYNONYMS, _rows({"a": (["x"], " x")}), {}, None)["churn_rate"] is None
+
+
+def test_the_length_gate_counts_answers_cut_off_at_max_tokens():
+    task = dataclasses.replace(SYNONYMS, gates=GateSpec(max_length_rate=0.05))
+    rows = _rows({"a": (["x"], " x"), "b": (["y"], " y, z, w")}).append_column("finish_reason", pa.array(["stop", "length"]))
+    quality = measure(task, rows, {}, None)
+    assert quality["length_rate"] == 0.5
+    assert failed_gates(task, quality) == [{"gate": "max_length_rate", "threshold": 0.05, "value": 0.5}]
 
 
 def test_failed_gates_name_threshold_and_value():
@@ -78,21 +94,29 @@ def test_failed_gates_name_threshold_and_value():
 GEMMA = Path(__file__).parents[1] / "data" / "gemma3_270m_synonyms.json"
 
 
-def test_echo_gate_catches_the_real_base_model_copying_examples():
-    """Raw answers Gemma 3 270M (base) gave to the synonyms task on the sample corpus (`make run`)."""
+def test_the_leak_filter_on_the_real_base_model_copying_examples():
+    """Raw answers Gemma 3 270M (base) gave to the synonyms task on the sample corpus (`make run`).
+
+    Before the leak filter the published lists were never empty and 79% of rows copied
+    an example; after it, the copies are dropped and counted, the empty rate shows
+    what is left, and the task's own gates refuse the version.
+    """
     recorded = json.loads(GEMMA.read_text())
     assert recorded["rows"], "no recorded outputs"
-    rows = pa.table(
-        {
-            "key": [r["key"] for r in recorded["rows"]],
-            "synonyms": [r["synonyms"] for r in recorded["rows"]],
-            "raw_output": [r["raw_output"] for r in recorded["rows"]],
-        }
-    )
-    quality = measure(SYNONYMS, rows, {}, None)
-    assert quality["echo_rate"] > 0.5
-    strict = dataclasses.replace(SYNONYMS, gates=GateSpec(max_echo_rate=0.5))
-    assert [gate["gate"] for gate in failed_gates(strict, quality)] == ["max_echo_rate"]
+    keys = [r["key"] for r in recorded["rows"]]
+    raws = [r["raw_output"] for r in recorded["rows"]]
+    assert not any(not r["synonyms"] for r in recorded["rows"]), "as recorded (parser version 1): no empty list"
+    reparsed = [parse_output(SYNONYMS, raw, key).value for key, raw in zip(keys, raws, strict=True)]
+    assert ["car insurance", "motor insurance", "car cover"][0] not in reparsed[keys.index("cheap flights")]
+    assert reparsed[keys.index("cheap flights")] == [] and reparsed[keys.index("phone charger")] == [
+        "auto charger",
+        "vehicle charger",
+        "motor charger",
+    ]
+    quality = measure(SYNONYMS, pa.table({"key": keys, "synonyms": reparsed, "raw_output": raws}), {}, None)
+    assert quality["example_leaks"] == 47 and round(quality["example_leak_rate"], 3) == 0.708
+    assert round(quality["empty_rate"], 3) == 0.417 and quality["echo_rate"] == 0.375
+    assert {gate["gate"] for gate in failed_gates(SYNONYMS, quality)} == {"max_empty_rate", "max_echo_rate"}, "the built-in gates refuse it"
 
 
 def test_failed_rate_counts_every_key_the_job_should_have_answered():

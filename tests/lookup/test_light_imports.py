@@ -36,6 +36,7 @@ def _heavy_after(statement: str, cwd) -> tuple[list[str], str]:
         "from bulkinfer import open_table",
         "from bulkinfer.lookup.serve import ServeConfig, serve",
         "from bulkinfer.lookup.redis_export import export_version",
+        "from bulkinfer.lookup.match import MatchIndex, open_match_index",
         "import bulkinfer.cli",
     ],
 )

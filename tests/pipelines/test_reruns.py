@@ -104,15 +104,16 @@ def test_reader_of_the_old_version_is_unaffected_by_a_publish(tmp_path):
 
 
 def test_failing_gate_keeps_current_and_the_new_version_for_inspection(tmp_path):
-    gates = "gates:\n  max_echo_rate: 0.2\n"
+    gates = "gates:\n  max_echo_rate: 0.2\n  max_empty_rate: 0.2\n"
     _job(tmp_path, KEYS, "r1", task=_spec(tmp_path, gates=gates))
-    # the model copies the example instead of answering, for every key
+    # the model copies the example instead of answering, for every key: the parser drops the copies, nothing is left
     copying = FakeHandler(answers={k: " notebook bag, laptop case" for k in KEYS})
-    with pytest.raises(GateError, match=r"quality gate max_echo_rate failed: 1.0 against threshold 0.2.*still serves r1"):
+    with pytest.raises(GateError, match=r"quality gate max_empty_rate failed: 1.0 against threshold 0.2.*still serves r1"):
         _job(tmp_path, KEYS, "r2", "--full", task=_spec(tmp_path, gates=gates), handler=copying)
     assert layout.read_current(str(tmp_path / "table")) == "r1"
     manifest = layout.read_manifest(layout.version_dir(str(tmp_path / "table"), "r2"))
-    assert manifest["gates"]["passed"] is False and manifest["quality"]["echo_rate"] == 1.0
+    assert manifest["gates"]["passed"] is False and manifest["quality"]["empty_rate"] == 1.0
+    assert manifest["quality"]["example_leaks"] == 2 * len(KEYS) and manifest["quality"]["example_leak_rate"] == 1.0
     assert not (tmp_path / "table" / "LOCK").exists()
 
 

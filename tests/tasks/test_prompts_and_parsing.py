@@ -138,3 +138,27 @@ def test_chat_messages_turn_examples_into_user_and_assistant_turns():
     assert messages[0]["content"] == SYNONYMS.instruction.strip()
     assert messages[1]["content"] == "query: laptop bag\nsynonyms:" and messages[2]["content"] == SYNONYMS.examples[0].output
     assert messages[-1]["content"] == "query: covid vaccine\nsynonyms:"
+
+
+def test_items_copying_another_querys_example_are_dropped_and_counted():
+    parsed = parse_output(SYNONYMS, " car insurance, motor insurance, budget flights, car cover", "cheap flights")
+    assert parsed.value == ["budget flights"]
+    assert parsed.example_leaks == ("car insurance", "motor insurance", "car cover")
+
+
+def test_an_examples_own_query_keeps_that_examples_answer():
+    # "car insurance" is an example input: its example's items are right answers for it, not leaks;
+    # items of the other examples still are.
+    parsed = parse_output(SYNONYMS, " motor insurance, car cover, flu jab", "car insurance")
+    assert parsed.value == ["motor insurance", "car cover"] and parsed.example_leaks == ("flu jab",)
+
+
+def test_leaks_do_not_take_the_places_of_real_items():
+    task = dataclasses.replace(SYNONYMS, parser=dataclasses.replace(SYNONYMS.parser, max_items=2))
+    parsed = parse_output(task, " flu jab, laptop case, a, b, c", "q")
+    assert parsed.value == ["a", "b"] and parsed.example_leaks == ("flu jab", "laptop case")
+
+
+def test_keep_query_keeps_the_query_as_an_item():
+    assert parse_output(SYNONYMS, " q, flu jab, other", "q", keep_query=True).value == ["q", "other"]
+    assert parse_output(SYNONYMS, " q, flu jab, other", "q").value == ["other"]

@@ -19,7 +19,8 @@ from bulkinfer.tasks.spec import load_task, task_from_dict
 from bulkinfer.tools.export_training import answer_text, completion_lead, export_training, prompt_parts
 from tests.bulkinfer.made_tables import made_tables
 
-SYNONYMS_KEPT = ["blue hat", "cheap flights", "covid vaccine", "only a", "red shoes", "used cars"]
+# "echo one" answered "flu jab, something": the parser dropped the copied example item, "something" is exported.
+SYNONYMS_KEPT = ["blue hat", "cheap flights", "covid vaccine", "echo one", "only a", "red shoes", "used cars"]
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,7 @@ def test_messages_zero_shot_filters_sorts_and_carries_provenance(tables, tmp_pat
     out = tmp_path / "sft.jsonl"
     result = export_training(tables["syn_a"], str(out))
     assert (result.version, result.format, result.prompt, result.model) == ("a1", "messages", "zero_shot", "teacher")
-    assert (result.rows, result.written, result.dropped) == (9, 6, {"empty_output": 1, "echo": 2})
+    assert (result.rows, result.written, result.dropped) == (9, 7, {"empty_output": 1, "echo": 1})
     records = _read(out)
     assert [r["metadata"]["key"] for r in records] == SYNONYMS_KEPT, "sorted by key; empty and echoing rows dropped"
     task = load_task("synonyms")
@@ -97,7 +98,7 @@ def test_parquet_holds_the_same_records_as_jsonl(tables, tmp_path):
         export_training(tables["syn_a"], str(as_jsonl), fmt=fmt)
         export_training(tables["syn_a"], str(as_parquet), fmt=fmt)
         records = _read(as_parquet)
-        assert len(records) == 6
+        assert len(records) == 7
         assert records == _read(as_jsonl)
     assert pq.read_schema(tmp_path / "messages.parquet").field("messages").type.value_type.names == ["role", "content"]
 
@@ -200,8 +201,8 @@ def test_cli_prints_a_json_summary(tables, tmp_path, capsys):
     out = tmp_path / "sft.parquet"
     assert cli_main(["export-training", "--table", tables["syn_a"], "--out", str(out), "--format", "prompt_completion"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["written"] == 6 and summary["dropped"] == {"empty_output": 1, "echo": 2} and summary["out"] == str(out)
-    assert len(_read(out)) == 6
+    assert summary["written"] == 7 and summary["dropped"] == {"empty_output": 1, "echo": 1} and summary["out"] == str(out)
+    assert len(_read(out)) == 7
 
 
 def test_cli_refuses_a_failed_version_with_exit_2(tables, tmp_path, capsys):
