@@ -6,8 +6,11 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
+from typing import Any
 
 from bulkinfer.errors import ConfigError, GateError, InputError, TableError
 
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--reload_interval", type=float, default=1.0, help="seconds between checks of CURRENT (default 1)")
     serve.add_argument("--access_log", action="store_true", help="log every request")
     commands.add_parser("tasks", help="list the built-in task specs")
+    report = commands.add_parser("report", help="write a version's HTML run report (self-contained: plots inline, opens offline)")
+    report.add_argument("--table", required=True, help="table directory")
+    report.add_argument("--version", default=None, help="a version name (default: the published one)")
+    report.add_argument("--out", required=True, help="the HTML file to write")
     versions = commands.add_parser("versions", help="list a table's versions with their manifest counts; one JSON object per line")
     versions.add_argument("--table", required=True, help="table directory")
     rollback = commands.add_parser("rollback", help="publish an earlier version again")
@@ -100,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "report":
+            return _report(args)
         return _tasks()
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
@@ -114,29 +123,76 @@ def _run(argv: list[str]) -> int:
             prog="bulkinfer run",
             description="Run a task over a Parquet corpus and publish a versioned table. Beam flags (--runner, ...) pass through.",
         )
+        from bulkinfer.console import DRY_RUN_FLAG, DRY_RUN_HELP, ConsoleOptions
+
         CacheJobOptions._add_argparse_args(parser)
+        ConsoleOptions._add_argparse_args(parser)
+        parser.add_argument(DRY_RUN_FLAG, action="store_true", help=DRY_RUN_HELP)
         parser.print_help()
         return 0
-    # vLLM logs every engine step of its start at INFO; the job's own progress is what a
-    # data engineer reads. VLLM_LOGGING_LEVEL=INFO brings it back.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from bulkinfer.console import DRY_RUN_FLAG, ConsoleOptions, ProgressDisplay, QuietTerminal
+
+    dry = DRY_RUN_FLAG in argv
+    argv = [a for a in argv if a != DRY_RUN_FLAG]
+    console = PipelineOptions(argv).view_as(ConsoleOptions)
+    # vLLM logs every engine step of its start at INFO: kept in the run's log file, not on the
+    # terminal. With --verbose the lines come to stderr, at WARNING unless VLLM_LOGGING_LEVEL says otherwise.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if console.verbose else "INFO")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bulkinfer").setLevel(logging.INFO)
+    if dry:
+        return _dry_run(argv, console)
+    progress_dir = console.progress_dir or tempfile.mkdtemp(prefix="bulkinfer-progress-")
     try:
-        from bulkinfer.pipelines.cache_job import run
+        with QuietTerminal(console.verbose) as terminal, ProgressDisplay(
+            progress_dir, terminal.terminal_err, console.progress, console.progress_interval
+        ):
+            from bulkinfer.pipelines.cache_job import run
 
-        manifest = run(argv)
+            manifest = run([*argv, "--progress_dir", progress_dir] if not console.progress_dir else argv)
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
         return 2
     except GateError as e:
         print(f"bulkinfer: not published: {e}", file=sys.stderr)
         return 3
+    finally:
+        if not console.progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
     # Several adapters: one manifest per table, one summary line each.
     tables = manifest["tables"] if "tables" in manifest else {None: manifest}
     for table, one in tables.items():
         summary = {name: one[name] for name in ("version", "counts", "dead_letter_reasons", "quality", "wall_seconds")}
         print(json.dumps({"table": table, **summary} if table else summary))
+    return 0
+
+
+def _dry_run(argv: list[str], console: Any) -> int:
+    from bulkinfer.console import QuietTerminal
+    from bulkinfer.tools.dry_run import dry_run, render_estimate
+
+    try:
+        with QuietTerminal(console.verbose, keep_log=False):  # the tokenizer's warnings: nobody asked
+            result = dry_run(argv)
+    except _USER_ERRORS as e:
+        print(f"bulkinfer: error: {e}", file=sys.stderr)
+        return 2
+    print(render_estimate(result), file=sys.stderr)
+    if console.estimate_out:
+        from bulkinfer.format import layout
+
+        layout.write_text(console.estimate_out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bulkinfer.tools.report import write_report
+
+    version = write_report(args.table, args.version, args.out)
+    print(json.dumps({"table": args.table, "version": version, "report": args.out}))
     return 0
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from bulkinfer.console import ConsoleOptions, attach_log
 from bulkinfer.errors import ConfigError, GateError
 from bulkinfer.format import fs, layout
 from bulkinfer.format.lock import TableLock
@@ -24,9 +27,11 @@ from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
 from bulkinfer.models.gemma import GEMMA_ALIAS
 from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
 from bulkinfer.pipelines.plan import TablePlan, make_handler, plan_tables, runner_options
+from bulkinfer.pipelines.run_record import record_run
 from bulkinfer.pipelines.summary import summarise
 from bulkinfer.transforms.build_prompts import BuildPrompts
 from bulkinfer.transforms.checkpoint_results import CheckpointResults
+from bulkinfer.transforms.count_progress import CountProgress
 from bulkinfer.transforms.detect_languages import DetectLanguages
 from bulkinfer.transforms.generate import Generate
 from bulkinfer.transforms.normalize_keys import NormalizeKeys
@@ -141,9 +146,29 @@ def run(
     job = PipelineOptions(argv).view_as(CacheJobOptions)
     plans = plan_tables(job, real_engine=model_handler is None)
     options = runner_options(argv, job)
+    # Live progress counts: per-process files in a local directory, so only where the workers share this host.
+    progress_dir = options.view_as(ConsoleOptions).progress_dir
+    own_progress_dir = progress_dir is None and options.view_as(StandardOptions).runner in (None, "DirectRunner", "FnApiRunner")
+    if own_progress_dir:
+        progress_dir = tempfile.mkdtemp(prefix="bulkinfer-progress-")
+    try:
+        return _run_tables(options, job, plans, model_handler, test_pipeline, progress_dir)
+    finally:
+        if own_progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+
+
+def _run_tables(
+    options: PipelineOptions,
+    job: CacheJobOptions,
+    plans: list[TablePlan],
+    model_handler: ModelHandler | None,
+    test_pipeline: beam.Pipeline | None,
+    progress_dir: str | None,
+) -> dict[str, Any]:
     if len(plans) == 1:
         handler = model_handler or make_handler(job, plans[0], share_as=None)
-        return _run_table(options, job, plans[0], handler, test_pipeline)
+        return _run_table(options, job, plans[0], handler, test_pipeline, progress_dir)
     share_as = f"cache_job-{os.getpid()}-{id(plans)}"
     manifests: dict[str, Any] = {}
     failures: list[str] = []
@@ -151,7 +176,7 @@ def run(
         for plan in plans:
             handler = model_handler or make_handler(job, plan, share_as=share_as)
             try:
-                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline)
+                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline, progress_dir)
             except GateError as e:
                 failures.append(str(e))
     finally:
@@ -162,7 +187,12 @@ def run(
 
 
 def _run_table(
-    options: PipelineOptions, job: CacheJobOptions, plan: TablePlan, handler: ModelHandler, test_pipeline: beam.Pipeline | None
+    options: PipelineOptions,
+    job: CacheJobOptions,
+    plan: TablePlan,
+    handler: ModelHandler,
+    test_pipeline: beam.Pipeline | None,
+    progress_dir: str | None,
 ) -> dict[str, Any]:
     started = time.time()
     output, run_id = plan.output, plan.provenance.run_id
@@ -171,24 +201,39 @@ def _run_table(
         if previous == run_id:
             raise ConfigError(f"run id {previous} is already the published version of {output}; give a new --run_id")
         clear_leftovers(plan.vdir)
+        attach_log(plan.vdir)
         reuse_from = None if job.full or previous is None else layout.version_dir(output, previous)
         pipeline = test_pipeline or beam.Pipeline(options=options)
-        _build(pipeline, job, plan, handler, reuse_from)
+        _build(pipeline, job, plan, handler, reuse_from, progress_dir)
         result = pipeline.run()
         result.wait_until_finish()
         manifest = summarise(plan, job, result, started, previous)
         layout.write_manifest(plan.vdir, manifest)
+        record_run(plan, manifest, progress_dir, options)
         check_gates(manifest, output, job.task, previous)
         pruned = publish_version(output, run_id, keep=job.keep)
     _LOG.info("published %s version %s: %s (pruned %s)", output, run_id, manifest["counts"], pruned or "none")
     return manifest
 
 
-def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: TablePlan, handler: ModelHandler, reuse_from: str | None) -> None:
+def _build(
+    pipeline: beam.Pipeline,
+    job: CacheJobOptions,
+    plan: TablePlan,
+    handler: ModelHandler,
+    reuse_from: str | None,
+    progress_dir: str | None,
+) -> None:
     task, provenance = plan.task, plan.provenance
+
+    def count(collection: beam.PCollection, name: str, label: str = "") -> beam.PCollection:
+        # Pass-through steps that feed the live progress display (bulkinfer.console).
+        return collection | f"Count{label or name}" >> CountProgress(progress_dir, name) if progress_dir else collection
+
     columns = [job.query_column, *plan.fields, *([job.language_column] if job.language_column else [])]
-    rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, list(dict.fromkeys(columns)))
+    rows = count(pipeline | "ReadQueries" >> ReadQueries(plan.input, list(dict.fromkeys(columns))), "rows_read")
     groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance, job.language_column)
+    groups = count(groups, "keys")
     if job.sample is not None:
         groups = groups | "SampleKeys" >> SampleKeys(job.sample)
     if plan.detector is not None:
@@ -204,10 +249,12 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: TablePlan, handl
     }
     greedy = task.sampling.temperature == 0.0
     to_generate, reused, reused_dead = (groups, sources) | "ReuseResults" >> ReuseResults(provenance.fingerprint, greedy)
+    to_generate = count(to_generate, "to_generate")
+    reused, reused_dead = count(reused, "reused"), count(reused_dead, "reused", "reused_dead")
     requests = to_generate | "BuildPrompts" >> BuildPrompts(task)
     if job.pretokenize == "on" and isinstance(handler, VLLMHandler):
         requests = requests | "TokenizePrompts" >> TokenizePrompts(plan.engine.model)
-    generations = requests | "Generate" >> Generate(handler)
+    generations = count(requests | "Generate" >> Generate(handler), "generated")
     generated, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
     schema = prediction_schema(task)
     generated = generated | "CheckpointPredictions" >> CheckpointResults(checkpoints, layout.PREDICTIONS, schema, job.checkpoint_rows)
@@ -215,7 +262,7 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: TablePlan, handl
         checkpoints, layout.DEAD_LETTER, DEAD_LETTER_SCHEMA, job.checkpoint_rows
     )
     predictions = (generated, reused) | "Predictions" >> beam.Flatten()
-    dead = (bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten()
+    dead = count((bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten(), "dead_lettered")
     _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, schema)
 
 

@@ -1,0 +1,288 @@
+"""What ``bulkinfer run`` shows on the terminal: a live progress display, and nothing of the engine's logs.
+
+vLLM, torch and Beam write to the process's stdout and stderr from Python loggers,
+from C (``libtcmalloc is not found``, NUMA binding) and from the engine's own
+worker processes. Only a file-descriptor redirect catches all three:
+:class:`QuietTerminal` points descriptors 1 and 2 at a log file (``run.log`` in the
+version directory once the job knows it) and keeps duplicates of the real ones for
+the run summary (stdout) and the progress display (stderr).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import IO, Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from bulkinfer.format.progress import TIMELINE_NAME, Snapshot, read_progress
+
+LOG_NAME = "run.log"
+"""The run's log file, in the version directory."""
+
+
+DRY_RUN_FLAG = "--dry_run"
+"""``bulkinfer run --dry_run``: read by the command line itself (Beam's TestOptions own a ``--dry_run`` that takes a value)."""
+
+DRY_RUN_HELP = "count keys, reuse, prompts and prompt tokens and estimate engine time and cost; starts no engine, writes no version"
+
+
+class ConsoleOptions(PipelineOptions):
+    """Flags of ``bulkinfer run`` about the terminal, progress, metrics and dry runs (parsed alongside the job's)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument(
+            "--verbose", action="store_true", help="engine, torch and Beam log lines on stderr instead of the version's run.log"
+        )
+        parser.add_argument(
+            "--progress",
+            choices=("auto", "bar", "lines", "off"),
+            default="auto",
+            help="progress on stderr: a live bar (bar), a plain line every --progress_interval seconds (lines), or off; "
+            "auto (default): bar on a terminal, lines otherwise",
+        )
+        parser.add_argument("--progress_interval", type=float, default=30.0, help="seconds between plain progress lines (default 30)")
+        parser.add_argument("--progress_dir", default=None, help="(internal) directory of the run's per-process counter files")
+        parser.add_argument(
+            "--throughput",
+            default=None,
+            help="dry run: a `bulkinfer bench --out` JSON or a table directory whose published run's rate to estimate with "
+            "(default: the --output table's published run)",
+        )
+        parser.add_argument("--gpu_hour_price", type=float, default=None, help="dry run: price of one GPU (engine) hour, for the cost")
+        parser.add_argument("--estimate_out", default=None, help="dry run: also write the estimate as JSON to this file")
+        parser.add_argument(
+            "--metrics_dir",
+            default=None,
+            help="also write the run's Prometheus metrics as bulkinfer_<table>.prom here (node-exporter's textfile collector directory)",
+        )
+
+
+_ACTIVE: list[QuietTerminal] = []
+
+
+class QuietTerminal:
+    """Sends descriptors 1 and 2 (this process and every process it starts) to a log file while the job runs.
+
+    ``terminal_out`` and ``terminal_err`` write to the real stdout and stderr. With
+    ``verbose`` the log lines go to the real stderr instead, and stdout still carries
+    only what is written to ``terminal_out``. On exit the descriptors and
+    ``sys.stdout``/``sys.stderr`` are as they were.
+    """
+
+    def __init__(self, verbose: bool = False, keep_log: bool = True):
+        """Args:
+        verbose: log lines to stderr instead of a file.
+        keep_log: keep a log that never moved into a version directory (and say where it is);
+            False deletes it when the block ends without an exception.
+        """
+        self.verbose = verbose
+        self.keep_log = keep_log
+        self.log_path: str | None = None
+        self.terminal_out: IO[str] = sys.stdout
+        self.terminal_err: IO[str] = sys.stderr
+        self._saved: tuple[int, int] | None = None
+        self._temporary = False
+
+    def __enter__(self) -> QuietTerminal:
+        _flush_std()
+        saved_out, saved_err = os.dup(1), os.dup(2)
+        self._saved = (saved_out, saved_err)
+        self.terminal_out = open(os.dup(saved_out), "w", buffering=1, encoding="utf-8", closefd=True)  # noqa: SIM115
+        self.terminal_err = open(os.dup(saved_err), "w", buffering=1, encoding="utf-8", closefd=True)  # noqa: SIM115
+        if self.verbose:
+            os.dup2(saved_err, 1)
+        else:
+            # Until the job knows its version directory: a local file that moves there (attach_log).
+            fd, self.log_path = tempfile.mkstemp(prefix="bulkinfer-run-", suffix=".log")
+            self._temporary = True
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        _ACTIVE.append(self)
+        return self
+
+    def attach(self, vdir: str) -> None:
+        """Moves the log into the version directory ``vdir`` (local ones; remote ones keep the local file) and says where once."""
+        if self.verbose or self._saved is None:
+            return
+        if "://" in vdir:
+            self.say(f"log: {self.log_path}")
+            return
+        os.makedirs(vdir, exist_ok=True)
+        path = os.path.join(vdir, LOG_NAME)
+        _flush_std()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self._temporary and self.log_path is not None:
+            # What was logged before the version directory existed (planning, model conversion) comes first.
+            with open(self.log_path, "rb") as before, os.fdopen(os.dup(fd), "ab") as after:
+                shutil.copyfileobj(before, after)
+            os.unlink(self.log_path)
+            self._temporary = False
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.log_path = path
+        self.say(f"log: {path}")
+
+    def say(self, line: str) -> None:
+        """Writes one line to the real stderr."""
+        print(line, file=self.terminal_err, flush=True)
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        _flush_std()
+        _ACTIVE.remove(self)
+        if self._saved is not None:
+            os.dup2(self._saved[0], 1)
+            os.dup2(self._saved[1], 2)
+            os.close(self._saved[0])
+            os.close(self._saved[1])
+            self._saved = None
+        self.terminal_out.close()
+        self.terminal_err.close()
+        if self._temporary and self.log_path:
+            if self.keep_log or exc_type is not None:
+                # A run that failed before it had a version directory: keep its log, and say where.
+                print(f"bulkinfer: log: {self.log_path}", file=sys.stderr)
+            else:
+                os.unlink(self.log_path)
+
+
+def attach_log(vdir: str) -> None:
+    """Moves the log of the running :class:`QuietTerminal`, if any, into the version directory ``vdir``."""
+    if _ACTIVE:
+        _ACTIVE[-1].attach(vdir)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+class ProgressDisplay:
+    """Shows a run's progress on ``stream``: a live bar, or a plain line every ``interval`` seconds.
+
+    A thread reads the run's counter files (:func:`bulkinfer.format.progress.read_progress`)
+    twice a second and keeps a timeline of them for the run report.
+    """
+
+    def __init__(self, directory: str, stream: IO[str], mode: str = "auto", interval: float = 30.0, clock: Any = time.monotonic):
+        """Args:
+        directory: the run's progress directory.
+        stream: where to draw (the real stderr).
+        mode: ``bar``, ``lines``, ``off``, or ``auto`` (bar when ``stream`` is a terminal).
+        interval: seconds between plain lines.
+        clock: monotonic seconds (tests pass a fake one).
+        """
+        if interval <= 0:
+            raise ValueError(f"--progress_interval must be > 0 seconds, got {interval}")
+        if mode == "auto":
+            mode = "bar" if stream.isatty() else "lines"
+        self.directory = directory
+        self.stream = stream
+        self.mode = mode
+        self.interval = interval
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+        self._first_generated: tuple[float, int, int] | None = None
+        self.timeline: list[dict[str, Any]] = []
+        """``{"t": seconds since start, **counts}`` twice a second while it runs."""
+
+    def __enter__(self) -> ProgressDisplay:
+        self._started = self._clock()
+        if self.mode != "off":
+            self._thread = threading.Thread(target=self._loop, name="bulkinfer-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def status(self, snapshot: Snapshot, now: float) -> dict[str, Any]:
+        """The figures shown for ``snapshot`` at ``now``: counts, prompts/s, output tokens/s and ETA (seconds or None)."""
+        counts = snapshot.counts
+        generated = counts["generated"]
+        if self._first_generated is None and generated:
+            self._first_generated = (now, generated, counts["output_tokens"])
+        rate = tokens_rate = 0.0
+        eta = None
+        if self._first_generated is not None:
+            since, at_first, tokens_first = self._first_generated
+            elapsed = now - since
+            if elapsed > 0 and generated > at_first:
+                rate = (generated - at_first) / elapsed
+                tokens_rate = (counts["output_tokens"] - tokens_first) / elapsed
+                eta = max(0, counts["to_generate"] - generated) / rate
+        return {**counts, "elapsed": now - self._started, "prompts_per_s": rate, "output_tokens_per_s": tokens_rate, "eta_s": eta}
+
+    def line(self, status: dict[str, Any]) -> str:
+        """One plain progress line, as written to logs."""
+        eta = _duration(status["eta_s"]) if status["eta_s"] is not None else "-"
+        return (
+            f"bulkinfer: progress {_duration(status['elapsed'])}: rows read {status['rows_read']:,}, keys {status['keys']:,}, "
+            f"reused {status['reused']:,}, to generate {status['to_generate']:,}, generated {status['generated']:,}, "
+            f"dead-lettered {status['dead_lettered']:,}, {status['prompts_per_s']:.1f} prompts/s, "
+            f"{status['output_tokens_per_s']:.0f} output tokens/s, ETA {eta}"
+        )
+
+    def _sample(self) -> dict[str, Any]:
+        now = self._clock()
+        status = self.status(read_progress(self.directory), now)
+        sample = {"t": round(status["elapsed"], 2), **{k: status[k] for k in ("rows_read", "keys", "generated", "output_tokens")}}
+        self.timeline.append(sample)
+        # The run report plots throughput over the run from these samples.
+        with open(os.path.join(self.directory, TIMELINE_NAME), "a", encoding="utf-8") as f:
+            f.write(json.dumps(sample) + "\n")
+        return status
+
+    def _loop(self) -> None:
+        if self.mode == "bar":
+            self._bar()
+            return
+        last = self._clock()
+        while not self._stop.wait(0.5):
+            status = self._sample()
+            if self._clock() - last >= self.interval:
+                last = self._clock()
+                print(self.line(status), file=self.stream, flush=True)
+        print(self.line(self._sample()), file=self.stream, flush=True)
+
+    def _bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        console = Console(file=self.stream)
+        columns = (TextColumn("generated"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[figures]}"))
+        with Progress(*columns, console=console, transient=False, refresh_per_second=4) as bar:
+            task = bar.add_task("generate", total=None, figures="")
+            while True:
+                stopping = self._stop.wait(0.5)
+                status = self._sample()
+                eta = _duration(status["eta_s"]) if status["eta_s"] is not None else "-"
+                figures = (
+                    f"rows {status['rows_read']:,} · keys {status['keys']:,} · reused {status['reused']:,} · "
+                    f"dead {status['dead_lettered']:,} · {status['prompts_per_s']:.1f} prompts/s · "
+                    f"{status['output_tokens_per_s']:.0f} tok/s · ETA {eta}"
+                )
+                bar.update(task, completed=status["generated"], total=status["to_generate"] or None, figures=figures)
+                if stopping:
+                    break
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
