@@ -118,40 +118,46 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     if {"-h", "--help"} & set(argv):
         from bulkinfer.pipelines.cache_job import CacheJobOptions
+        from bulkinfer.pipelines.console_options import DRY_RUN_FLAG, DRY_RUN_HELP, ConsoleOptions
 
         parser = argparse.ArgumentParser(
             prog="bulkinfer run",
             description="Run a task over a Parquet corpus and publish a versioned table. Beam flags (--runner, ...) pass through.",
         )
-        from bulkinfer.console import DRY_RUN_FLAG, DRY_RUN_HELP, ConsoleOptions
-
         CacheJobOptions._add_argparse_args(parser)
         ConsoleOptions._add_argparse_args(parser)
         parser.add_argument(DRY_RUN_FLAG, action="store_true", help=DRY_RUN_HELP)
         parser.print_help()
         return 0
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from bulkinfer.console import ProgressDisplay, QuietTerminal
 
-    from bulkinfer.console import DRY_RUN_FLAG, ConsoleOptions, ProgressDisplay, QuietTerminal
-
-    dry = DRY_RUN_FLAG in argv
-    argv = [a for a in argv if a != DRY_RUN_FLAG]
-    console = PipelineOptions(argv).view_as(ConsoleOptions)
+    # Read before Beam is imported: its import-time warnings belong in the log, not on the terminal.
+    dry, verbose = "--dry_run" in argv, "--verbose" in argv
+    argv = [a for a in argv if a != "--dry_run"]
     # vLLM logs every engine step of its start at INFO: kept in the run's log file, not on the
     # terminal. With --verbose the lines come to stderr, at WARNING unless VLLM_LOGGING_LEVEL says otherwise.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if console.verbose else "INFO")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if verbose else "INFO")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bulkinfer").setLevel(logging.INFO)
-    if dry:
-        return _dry_run(argv, console)
-    progress_dir = console.progress_dir or tempfile.mkdtemp(prefix="bulkinfer-progress-")
+    progress_dir = own_progress_dir = None
     try:
-        with QuietTerminal(console.verbose) as terminal, ProgressDisplay(
-            progress_dir, terminal.terminal_err, console.progress, console.progress_interval
-        ):
-            from bulkinfer.pipelines.cache_job import run
+        # Until the process ends: the engine's shutdown lines at exit go to the log too.
+        with QuietTerminal(verbose, keep_log=not dry, until_exit=True) as terminal:
+            from apache_beam.options.pipeline_options import PipelineOptions
 
-            manifest = run([*argv, "--progress_dir", progress_dir] if not console.progress_dir else argv)
+            from bulkinfer.pipelines.console_options import ConsoleOptions
+
+            console = PipelineOptions(argv).view_as(ConsoleOptions)
+            if dry:
+                from bulkinfer.tools.dry_run import dry_run
+
+                result = dry_run(argv)
+            else:
+                from bulkinfer.pipelines.cache_job import run
+
+                progress_dir = console.progress_dir or (own_progress_dir := tempfile.mkdtemp(prefix="bulkinfer-progress-"))
+                with ProgressDisplay(progress_dir, terminal.terminal_err, console.progress, console.progress_interval):
+                    manifest = run([*argv, "--progress_dir", progress_dir] if own_progress_dir else argv)
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
         return 2
@@ -159,8 +165,10 @@ def _run(argv: list[str]) -> int:
         print(f"bulkinfer: not published: {e}", file=sys.stderr)
         return 3
     finally:
-        if not console.progress_dir:
-            shutil.rmtree(progress_dir, ignore_errors=True)
+        if own_progress_dir:
+            shutil.rmtree(own_progress_dir, ignore_errors=True)
+    if dry:
+        return _print_estimate(result, console.estimate_out)
     # Several adapters: one manifest per table, one summary line each.
     tables = manifest["tables"] if "tables" in manifest else {None: manifest}
     for table, one in tables.items():
@@ -169,21 +177,14 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-def _dry_run(argv: list[str], console: Any) -> int:
-    from bulkinfer.console import QuietTerminal
-    from bulkinfer.tools.dry_run import dry_run, render_estimate
+def _print_estimate(result: dict[str, Any], out: str | None) -> int:
+    from bulkinfer.tools.dry_run import render_estimate
 
-    try:
-        with QuietTerminal(console.verbose, keep_log=False):  # the tokenizer's warnings: nobody asked
-            result = dry_run(argv)
-    except _USER_ERRORS as e:
-        print(f"bulkinfer: error: {e}", file=sys.stderr)
-        return 2
     print(render_estimate(result), file=sys.stderr)
-    if console.estimate_out:
+    if out:
         from bulkinfer.format import layout
 
-        layout.write_text(console.estimate_out, json.dumps(result, indent=2) + "\n")
+        layout.write_text(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0
 

@@ -20,53 +20,18 @@ import threading
 import time
 from typing import IO, Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
+# No Beam import here: the command line enters QuietTerminal before Beam's import-time warnings.
 from bulkinfer.format.progress import TIMELINE_NAME, Snapshot, read_progress
 
 LOG_NAME = "run.log"
 """The run's log file, in the version directory."""
 
 
-DRY_RUN_FLAG = "--dry_run"
-"""``bulkinfer run --dry_run``: read by the command line itself (Beam's TestOptions own a ``--dry_run`` that takes a value)."""
-
-DRY_RUN_HELP = "count keys, reuse, prompts and prompt tokens and estimate engine time and cost; starts no engine, writes no version"
-
-
-class ConsoleOptions(PipelineOptions):
-    """Flags of ``bulkinfer run`` about the terminal, progress, metrics and dry runs (parsed alongside the job's)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument(
-            "--verbose", action="store_true", help="engine, torch and Beam log lines on stderr instead of the version's run.log"
-        )
-        parser.add_argument(
-            "--progress",
-            choices=("auto", "bar", "lines", "off"),
-            default="auto",
-            help="progress on stderr: a live bar (bar), a plain line every --progress_interval seconds (lines), or off; "
-            "auto (default): bar on a terminal, lines otherwise",
-        )
-        parser.add_argument("--progress_interval", type=float, default=30.0, help="seconds between plain progress lines (default 30)")
-        parser.add_argument("--progress_dir", default=None, help="(internal) directory of the run's per-process counter files")
-        parser.add_argument(
-            "--throughput",
-            default=None,
-            help="dry run: a `bulkinfer bench --out` JSON or a table directory whose published run's rate to estimate with "
-            "(default: the --output table's published run)",
-        )
-        parser.add_argument("--gpu_hour_price", type=float, default=None, help="dry run: price of one GPU (engine) hour, for the cost")
-        parser.add_argument("--estimate_out", default=None, help="dry run: also write the estimate as JSON to this file")
-        parser.add_argument(
-            "--metrics_dir",
-            default=None,
-            help="also write the run's Prometheus metrics as bulkinfer_<table>.prom here (node-exporter's textfile collector directory)",
-        )
-
-
 _ACTIVE: list[QuietTerminal] = []
+
+# The real terminal's stdout and stderr, once a QuietTerminal has left the log on descriptors 1
+# and 2 for the rest of the process (until_exit): a later one in the same process must find them here.
+_TERMINAL: list[int] = []
 
 
 class QuietTerminal:
@@ -75,17 +40,22 @@ class QuietTerminal:
     ``terminal_out`` and ``terminal_err`` write to the real stdout and stderr. With
     ``verbose`` the log lines go to the real stderr instead, and stdout still carries
     only what is written to ``terminal_out``. On exit the descriptors and
-    ``sys.stdout``/``sys.stderr`` are as they were.
+    ``sys.stdout``/``sys.stderr`` are as they were, or with ``until_exit`` the
+    descriptors stay on the log for the rest of the process (an engine's shutdown
+    lines come at interpreter exit) and ``sys.stdout``/``sys.stderr`` write to the
+    terminal from then on.
     """
 
-    def __init__(self, verbose: bool = False, keep_log: bool = True):
+    def __init__(self, verbose: bool = False, keep_log: bool = True, until_exit: bool = False):
         """Args:
         verbose: log lines to stderr instead of a file.
         keep_log: keep a log that never moved into a version directory (and say where it is);
             False deletes it when the block ends without an exception.
+        until_exit: leave descriptors 1 and 2 on the log after the block (command-line use).
         """
         self.verbose = verbose
         self.keep_log = keep_log
+        self.until_exit = until_exit
         self.log_path: str | None = None
         self.terminal_out: IO[str] = sys.stdout
         self.terminal_err: IO[str] = sys.stderr
@@ -94,10 +64,10 @@ class QuietTerminal:
 
     def __enter__(self) -> QuietTerminal:
         _flush_std()
-        saved_out, saved_err = os.dup(1), os.dup(2)
+        saved_out, saved_err = (os.dup(_TERMINAL[0]), os.dup(_TERMINAL[1])) if _TERMINAL else (os.dup(1), os.dup(2))
         self._saved = (saved_out, saved_err)
-        self.terminal_out = open(os.dup(saved_out), "w", buffering=1, encoding="utf-8", closefd=True)  # noqa: SIM115
-        self.terminal_err = open(os.dup(saved_err), "w", buffering=1, encoding="utf-8", closefd=True)  # noqa: SIM115
+        self.terminal_out = open(os.dup(saved_out), "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self.terminal_err = open(os.dup(saved_err), "w", buffering=1, encoding="utf-8")  # noqa: SIM115
         if self.verbose:
             os.dup2(saved_err, 1)
         else:
@@ -140,14 +110,23 @@ class QuietTerminal:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         _flush_std()
         _ACTIVE.remove(self)
-        if self._saved is not None:
+        if self._saved is None:
+            return
+        if self.until_exit:
+            if not _TERMINAL:
+                _TERMINAL.extend(self._saved)
+            else:
+                os.close(self._saved[0])
+                os.close(self._saved[1])
+            sys.stdout, sys.stderr = self.terminal_out, self.terminal_err
+        else:
             os.dup2(self._saved[0], 1)
             os.dup2(self._saved[1], 2)
             os.close(self._saved[0])
             os.close(self._saved[1])
-            self._saved = None
-        self.terminal_out.close()
-        self.terminal_err.close()
+            self.terminal_out.close()
+            self.terminal_err.close()
+        self._saved = None
         if self._temporary and self.log_path:
             if self.keep_log or exc_type is not None:
                 # A run that failed before it had a version directory: keep its log, and say where.

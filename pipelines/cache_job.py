@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from bulkinfer.console import ConsoleOptions, attach_log
+from bulkinfer.console import attach_log
 from bulkinfer.errors import ConfigError, GateError
 from bulkinfer.format import fs, layout
 from bulkinfer.format.lock import TableLock
@@ -26,6 +26,7 @@ from bulkinfer.format.publish import check_gates, clear_leftovers, publish_versi
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
 from bulkinfer.models.gemma import GEMMA_ALIAS
 from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
+from bulkinfer.pipelines.console_options import ConsoleOptions
 from bulkinfer.pipelines.plan import TablePlan, make_handler, plan_tables, runner_options
 from bulkinfer.pipelines.run_record import record_run
 from bulkinfer.pipelines.summary import summarise

@@ -14,10 +14,10 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bulkinfer.console import ConsoleOptions
 from bulkinfer.format import fs, layout
 from bulkinfer.format.metrics import METRICS_NAME, render_metrics, write_textfile
 from bulkinfer.format.progress import PROGRESS_NAME, TIMELINE_NAME, read_progress
+from bulkinfer.pipelines.console_options import ConsoleOptions
 from bulkinfer.pipelines.plan import TablePlan
 
 _LOG = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def record_run(plan: TablePlan, manifest: dict[str, Any], progress_dir: str | No
         options: the run's options (``--metrics_dir``).
     """
     progress = run_progress(progress_dir, manifest)
-    layout.write_text(fs.join(plan.vdir, PROGRESS_NAME), json.dumps(progress, indent=1) + "\n")
+    layout.write_text(fs.join(plan.vdir, PROGRESS_NAME), json.dumps(progress) + "\n")
     metrics = render_metrics(plan.output, manifest, progress["rates"])
     layout.write_text(fs.join(plan.vdir, METRICS_NAME), metrics)
     metrics_dir = options.view_as(ConsoleOptions).metrics_dir

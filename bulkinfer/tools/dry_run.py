@@ -58,8 +58,8 @@ def dry_run(argv: list[str]) -> dict[str, Any]:
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bulkinfer.console import ConsoleOptions
     from bulkinfer.pipelines.cache_job import CacheJobOptions
+    from bulkinfer.pipelines.console_options import ConsoleOptions
     from bulkinfer.pipelines.plan import plan_tables
 
     started = time.perf_counter()

@@ -235,12 +235,12 @@ def _quality_table(manifest: dict[str, Any]) -> str:
 
 
 def _as_text(column: Any) -> Any:
-    """A list or label column as comparable strings (lists joined with a separator no item holds)."""
+    """A list or label column as comparable strings (list items joined with ", ", as people read them)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        return pc.binary_join(column, "\x1f")
+        return pc.binary_join(column, ", ")
     return pc.cast(column, pa.string())
 
 
@@ -257,12 +257,14 @@ def _churn(table: str, manifest: dict[str, Any], rows: pa.Table | None, output_c
     )
     if before is None or output_column not in before.column_names:
         return summary + '<p class="muted">the previous version is gone or has another output column</p>'
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    now = rows.select(["key", output_column]).rename_columns(["key", "after"])
-    then = before.select(["key", output_column]).rename_columns(["key", "before"])
+    # Arrow joins carry no list columns: compare (and show) the answers as text.
+    now = pa.table({"key": rows["key"], "after": pc.fill_null(_as_text(rows[output_column]), "")})
+    then = pa.table({"key": before["key"], "before": pc.fill_null(_as_text(before[output_column]), "")})
     joined = now.join(then, "key", join_type="inner")
-    changed = joined.filter(pc.invert(pc.equal(pc.fill_null(_as_text(joined["after"]), ""), pc.fill_null(_as_text(joined["before"]), ""))))
+    changed = joined.filter(pc.not_equal(joined["after"], joined["before"]))
     if changed.num_rows == 0:
         return summary + "<p>no answer changed</p>"
     changed = changed.take(pc.sort_indices(changed, [("key", "ascending")])).slice(0, SAMPLE_ROWS)
@@ -326,5 +328,9 @@ def _sample(rows: pa.Table | None, output_column: str) -> str:
     sample = rows.take(pc.sort_indices(rows, [("key", "ascending")])[:SAMPLE_ROWS]) if rows.num_rows > SAMPLE_ROWS else rows
     columns = [c for c in ("key", "query", "language", output_column, "source_rows", "output_tokens", "run_id") if c in sample.column_names]
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(r[c])}</td>" for c in columns) + "</tr>" for r in sample.select(columns).to_pylist())
+    body = "".join("<tr>" + "".join(f"<td>{_e(_cell(r[c]))}</td>" for c in columns) + "</tr>" for r in sample.select(columns).to_pylist())
     return f"<p>{rows.num_rows:,} keys; the first {min(SAMPLE_ROWS, rows.num_rows)} by key:</p><table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> Any:
+    return ", ".join(map(str, value)) if isinstance(value, list) else value
