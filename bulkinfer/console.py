@@ -240,23 +240,33 @@ class ProgressDisplay:
         print(self.line(self._sample()), file=self.stream, flush=True)
 
     def _bar(self) -> None:
-        from rich.console import Console
+        from rich.console import Console, Group
+        from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.text import Text
 
         console = Console(file=self.stream)
-        columns = (TextColumn("generated"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[figures]}"))
-        with Progress(*columns, console=console, transient=False, refresh_per_second=4) as bar:
-            task = bar.add_task("generate", total=None, figures="")
+        # Line 1: the engine's work and when it ends; line 2: where the rows went.
+        bar = Progress(
+            TextColumn("generated"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} · ETA {task.fields[eta]}"),
+            console=console,
+        )
+        task = bar.add_task("generate", total=None, rate="", eta="-")
+        with Live(Group(bar, Text("")), console=console, refresh_per_second=4) as live:
             while True:
                 stopping = self._stop.wait(0.5)
                 status = self._sample()
                 eta = _duration(status["eta_s"]) if status["eta_s"] is not None else "-"
+                rate = f"{status['prompts_per_s']:.1f} prompts/s · {status['output_tokens_per_s']:.0f} output tokens/s"
+                bar.update(task, completed=status["generated"], total=status["to_generate"] or None, rate=rate, eta=eta)
                 figures = (
-                    f"rows {status['rows_read']:,} · keys {status['keys']:,} · reused {status['reused']:,} · "
-                    f"dead {status['dead_lettered']:,} · {status['prompts_per_s']:.1f} prompts/s · "
-                    f"{status['output_tokens_per_s']:.0f} tok/s · ETA {eta}"
+                    f"rows read {status['rows_read']:,} · keys {status['keys']:,} · reused {status['reused']:,} · "
+                    f"to generate {status['to_generate']:,} · dead-lettered {status['dead_lettered']:,}"
                 )
-                bar.update(task, completed=status["generated"], total=status["to_generate"] or None, figures=figures)
+                live.update(Group(bar, Text(figures)))
                 if stopping:
                     break
 

@@ -101,3 +101,16 @@ def test_plain_lines_every_interval_when_not_a_terminal(tmp_path):
 def test_interval_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match=r"--progress_interval must be > 0 seconds, got 0"):
         ProgressDisplay(str(tmp_path), io.StringIO(), interval=0)
+
+
+def test_bar_shows_generated_of_to_generate_and_the_figures(tmp_path):
+    stream = io.StringIO()
+    counts = process_counts(str(tmp_path))
+    with ProgressDisplay(str(tmp_path), stream, mode="bar"):
+        counts.add("rows_read", 12)
+        counts.add("to_generate", 10)
+        counts.add("generated", 3, output_tokens=7)
+        counts.flush()
+        time.sleep(0.8)
+    text = stream.getvalue()
+    assert "3/10" in text and "rows read 12" in text and "prompts/s" in text and "ETA" in text
