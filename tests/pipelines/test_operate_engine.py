@@ -57,12 +57,12 @@ def test_stdout_is_one_json_summary_and_stderr_only_progress_and_the_log_path(fi
     _, _, table, done = first_run
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # the whole of stdout: `| jq` works
-    assert summary["version"] == "v1" and summary["counts"]["generated"] == 62
+    assert summary["version"] == "v1" and summary["counts"]["generated"] == 63
     lines = done.stderr.splitlines()
     log = table / "versions" / "v1" / "run.log"
     assert lines.count(f"log: {log}") == 1
     assert [line for line in lines if not line.startswith("bulkinfer: progress ") and line != f"log: {log}"] == []
-    assert len(lines) >= 3 and "generated 62" in lines[-1]
+    assert len(lines) >= 3 and "generated 63" in lines[-1]
     text = log.read_text()
     assert "vLLM" in text or "vllm" in text  # the engine's lines are kept, in the log
     assert (table / "versions" / "v1" / "report.html").is_file() and (table / "versions" / "v1" / "metrics.prom").is_file()
@@ -81,7 +81,7 @@ def test_dry_run_time_estimate_against_the_real_run(first_run, tiny_model, tmp_p
     real = _cli(*_args(corpus, table, tiny_model, "--full", "--run_id", "v2"))
     assert real.returncode == 0, real.stderr[-3000:]
     counts = json.loads(real.stdout)["counts"]
-    assert one["prompts"] == counts["generated"] == 62 and one["reused"] == counts["reused"] == 0
+    assert one["prompts"] == counts["generated"] == 63 and one["reused"] == counts["reused"] == 0
     progress = json.loads((table / "versions" / "v2" / "progress.json").read_text())
     assert one["prompt_tokens"] == progress["counts"]["prompt_tokens"]
     seconds = progress["engine_seconds"]
@@ -100,7 +100,7 @@ def test_dry_run_counts_are_the_real_runs(first_run, tiny_model, tmp_path):
     summary = json.loads(real.stdout)
     counts = summary["counts"]
     assert one["rows_in"] == counts["rows_in"] == len(QUERIES) + len(NEW)
-    assert one["reused"] == counts["reused"] == 62
+    assert one["reused"] == counts["reused"] == 63
     assert one["prompts"] == counts["generated"] == 8
     assert one["prompt_too_long"] == summary["dead_letter_reasons"]["prompt_too_long"] == 1
     assert one["rows_dead_at_keys"] == summary["dead_letter_reasons"]["null_query"] + summary["dead_letter_reasons"]["empty_query"]
