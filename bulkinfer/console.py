@@ -21,6 +21,7 @@ import time
 from typing import IO, Any
 
 # No Beam import here: the command line enters QuietTerminal before Beam's import-time warnings.
+from bulkinfer.errors import ConfigError
 from bulkinfer.format.progress import TIMELINE_NAME, Snapshot, read_progress
 
 LOG_NAME = "run.log"
@@ -163,7 +164,7 @@ class ProgressDisplay:
         clock: monotonic seconds (tests pass a fake one).
         """
         if interval <= 0:
-            raise ValueError(f"--progress_interval must be > 0 seconds, got {interval}")
+            raise ConfigError(f"--progress_interval must be > 0 seconds, got {interval}")
         if mode == "auto":
             mode = "bar" if stream.isatty() else "lines"
         self.directory = directory

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from bulkinfer.console import ProgressDisplay
+from bulkinfer.errors import ConfigError
 from bulkinfer.format.progress import process_counts, read_progress
 
 # Noise of every origin the engine produces: Python logging, C-level writes to descriptors 1 and 2,
@@ -99,7 +100,7 @@ def test_plain_lines_every_interval_when_not_a_terminal(tmp_path):
 
 
 def test_interval_must_be_positive(tmp_path):
-    with pytest.raises(ValueError, match=r"--progress_interval must be > 0 seconds, got 0"):
+    with pytest.raises(ConfigError, match=r"--progress_interval must be > 0 seconds, got 0"):
         ProgressDisplay(str(tmp_path), io.StringIO(), interval=0)
 
 
