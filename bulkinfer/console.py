@@ -206,6 +206,10 @@ class ProgressDisplay:
                 rate = (generated - at_first) / elapsed
                 tokens_rate = (counts["output_tokens"] - tokens_first) / elapsed
                 eta = max(0, counts["to_generate"] - generated) / rate
+        if not rate and generated and snapshot.engine_seconds > 0:
+            # Everything came back in one engine call: the rate over the engine stage as a whole.
+            rate = generated / snapshot.engine_seconds
+            tokens_rate = counts["output_tokens"] / snapshot.engine_seconds
         return {**counts, "elapsed": now - self._started, "prompts_per_s": rate, "output_tokens_per_s": tokens_rate, "eta_s": eta}
 
     def line(self, status: dict[str, Any]) -> str:
@@ -256,7 +260,9 @@ class ProgressDisplay:
             console=console,
         )
         task = bar.add_task("generate", total=None, rate="", eta="-")
-        with Live(Group(bar, Text("")), console=console, refresh_per_second=4) as live:
+        # No redirect of sys.stdout/sys.stderr: loggers created during the run (vLLM's) would hold
+        # rich's proxies and write to the terminal, even after the bar is gone.
+        with Live(Group(bar, Text("")), console=console, refresh_per_second=4, redirect_stdout=False, redirect_stderr=False) as live:
             while True:
                 stopping = self._stop.wait(0.5)
                 status = self._sample()

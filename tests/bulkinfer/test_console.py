@@ -115,3 +115,22 @@ def test_bar_shows_generated_of_to_generate_and_the_figures(tmp_path):
         time.sleep(0.8)
     text = stream.getvalue()
     assert "3/10" in text and "rows read 12" in text and "prompts/s" in text and "ETA" in text
+
+
+def test_the_bar_on_a_terminal_leaves_sys_stdout_and_stderr_alone(tmp_path):
+    # Loggers created while the bar shows (vLLM's, at engine start) must keep writing to the log,
+    # not to proxies of the terminal that rich would put in sys.stdout/sys.stderr.
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    terminal = open(follower, "w", encoding="utf-8")  # noqa: SIM115
+    before = (sys.stdout, sys.stderr)
+    try:
+        with ProgressDisplay(str(tmp_path), terminal, mode="auto") as display:
+            time.sleep(0.8)
+            assert display.mode == "bar"
+            assert (sys.stdout, sys.stderr) == before
+    finally:
+        terminal.close()
+        os.close(leader)
