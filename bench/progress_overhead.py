@@ -29,11 +29,15 @@ from bulkinfer.format.records import Generation, PromptRequest
 from bulkinfer.pipelines.cache_job import run
 
 
+class _Model:
+    """Stands where the engine would (Beam keeps a weak reference to it)."""
+
+
 class InstantHandler(ModelHandler):
     """Answers every prompt at once with a fixed two-item list."""
 
-    def load_model(self) -> object:
-        return object()
+    def load_model(self) -> _Model:
+        return _Model()
 
     def run_inference(self, batch: Sequence[PromptRequest], model: Any, inference_args: Any = None) -> list[Generation]:
         return [Generation(request=r, text=" alpha, beta", prompt_tokens=60, output_tokens=4, finish_reason="stop") for r in batch]
