@@ -21,7 +21,7 @@ import time
 from typing import IO, Any
 
 # No Beam import here: the command line enters QuietTerminal before Beam's import-time warnings.
-from bulkinfer.errors import ConfigError
+from bulkinfer.errors import ConfigError, GateError, InputError, TableError
 from bulkinfer.format.progress import TIMELINE_NAME, Snapshot, read_progress
 
 LOG_NAME = "run.log"
@@ -50,8 +50,9 @@ class QuietTerminal:
     def __init__(self, verbose: bool = False, keep_log: bool = True, until_exit: bool = False):
         """Args:
         verbose: log lines to stderr instead of a file.
-        keep_log: keep a log that never moved into a version directory (and say where it is);
-            False deletes it when the block ends without an exception.
+        keep_log: keep a log that never moved into a version directory; False deletes it when
+            the block ends without an exception. A log is always kept (and its path said) after an
+            unexpected exception, and deleted after a user error (bulkinfer.errors).
         until_exit: leave descriptors 1 and 2 on the log after the block (command-line use).
         """
         self.verbose = verbose
@@ -129,10 +130,12 @@ class QuietTerminal:
             self.terminal_err.close()
         self._saved = None
         if self._temporary and self.log_path:
-            if self.keep_log or exc_type is not None:
+            user_error = isinstance(exc_type, type) and issubclass(exc_type, (ConfigError, InputError, TableError, GateError))
+            if exc_type is not None and not user_error:
                 # A run that failed before it had a version directory: keep its log, and say where.
                 print(f"bulkinfer: log: {self.log_path}", file=sys.stderr)
-            else:
+            elif user_error or not self.keep_log:
+                # A user error is one line on stderr; the lines logged before it help nobody.
                 os.unlink(self.log_path)
 
 
@@ -173,6 +176,7 @@ class ProgressDisplay:
         self.interval = interval
         self._clock = clock
         self._stop = threading.Event()
+        self._failed = False
         self._thread: threading.Thread | None = None
         self._started = 0.0
         self._first_generated: tuple[float, int, int] | None = None
@@ -186,7 +190,9 @@ class ProgressDisplay:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # A run that failed shows its error alone: no last progress line under it.
+        self._failed = exc_type is not None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -242,7 +248,9 @@ class ProgressDisplay:
             if self._clock() - last >= self.interval:
                 last = self._clock()
                 print(self.line(status), file=self.stream, flush=True)
-        print(self.line(self._sample()), file=self.stream, flush=True)
+        status = self._sample()
+        if not self._failed:
+            print(self.line(status), file=self.stream, flush=True)
 
     def _bar(self) -> None:
         from rich.console import Console, Group
@@ -275,6 +283,7 @@ class ProgressDisplay:
                 )
                 live.update(Group(bar, Text(figures)))
                 if stopping:
+                    live.transient = self._failed  # erased on failure, kept as the run's last figures otherwise
                     break
 
 

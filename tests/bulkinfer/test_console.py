@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -120,7 +121,6 @@ def test_bar_shows_generated_of_to_generate_and_the_figures(tmp_path):
 def test_the_bar_on_a_terminal_leaves_sys_stdout_and_stderr_alone(tmp_path):
     # Loggers created while the bar shows (vLLM's, at engine start) must keep writing to the log,
     # not to proxies of the terminal that rich would put in sys.stdout/sys.stderr.
-    import os
     import pty
 
     leader, follower = pty.openpty()
@@ -134,3 +134,31 @@ def test_the_bar_on_a_terminal_leaves_sys_stdout_and_stderr_alone(tmp_path):
     finally:
         terminal.close()
         os.close(leader)
+
+
+def test_a_user_error_is_one_line_and_leaves_no_log_behind(tmp_path):
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bulkinfer.cli",
+            "run",
+            "--task",
+            "synonyms",
+            "--input",
+            str(tmp_path / "none.parquet"),
+            "--output",
+            str(tmp_path / "t"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(env_tmp)},
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"bulkinfer: error: --input {tmp_path / 'none.parquet'}: no such file (no Parquet file matches {tmp_path / 'none.parquet'})"
+    ]
+    assert list(env_tmp.iterdir()) == []
