@@ -145,9 +145,11 @@ def _run(argv: list[str]) -> int:
         with QuietTerminal(verbose, keep_log=not dry, until_exit=True) as terminal:
             from apache_beam.options.pipeline_options import PipelineOptions
 
-            from bulkinfer.pipelines.console_options import ConsoleOptions
+            from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
 
             console = PipelineOptions(argv).view_as(ConsoleOptions)
+            # Remote workers' counts cannot be read from here: their runner's UI shows progress.
+            shown = console.progress if counts_locally(PipelineOptions(argv)) else "off"
             if dry:
                 from bulkinfer.tools.dry_run import dry_run
 
@@ -156,7 +158,7 @@ def _run(argv: list[str]) -> int:
                 from bulkinfer.pipelines.cache_job import run
 
                 progress_dir = console.progress_dir or (own_progress_dir := tempfile.mkdtemp(prefix="bulkinfer-progress-"))
-                with ProgressDisplay(progress_dir, terminal.terminal_err, console.progress, console.progress_interval):
+                with ProgressDisplay(progress_dir, terminal.terminal_err, shown, console.progress_interval):
                     manifest = run([*argv, "--progress_dir", progress_dir] if own_progress_dir else argv)
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)

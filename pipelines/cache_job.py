@@ -16,7 +16,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from bulkinfer.console import attach_log
 from bulkinfer.errors import ConfigError, GateError
@@ -26,7 +26,7 @@ from bulkinfer.format.publish import check_gates, clear_leftovers, publish_versi
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
 from bulkinfer.models.gemma import GEMMA_ALIAS
 from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
-from bulkinfer.pipelines.console_options import ConsoleOptions
+from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
 from bulkinfer.pipelines.plan import TablePlan, make_handler, plan_tables, runner_options
 from bulkinfer.pipelines.run_record import record_run
 from bulkinfer.pipelines.summary import summarise
@@ -148,8 +148,8 @@ def run(
     plans = plan_tables(job, real_engine=model_handler is None)
     options = runner_options(argv, job)
     # Live progress counts: per-process files in a local directory, so only where the workers share this host.
-    progress_dir = options.view_as(ConsoleOptions).progress_dir
-    own_progress_dir = progress_dir is None and options.view_as(StandardOptions).runner in (None, "DirectRunner", "FnApiRunner")
+    progress_dir = options.view_as(ConsoleOptions).progress_dir if counts_locally(options) else None
+    own_progress_dir = progress_dir is None and counts_locally(options)
     if own_progress_dir:
         progress_dir = tempfile.mkdtemp(prefix="bulkinfer-progress-")
     try:

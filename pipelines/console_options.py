@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 DRY_RUN_FLAG = "--dry_run"
 """``bulkinfer run --dry_run``: read by the command line itself (Beam's TestOptions own a ``--dry_run`` that takes a value)."""
@@ -46,3 +46,9 @@ class ConsoleOptions(PipelineOptions):
             default=None,
             help="also write the run's Prometheus metrics as bulkinfer_<table>.prom here (node-exporter's textfile collector directory)",
         )
+
+
+def counts_locally(options: PipelineOptions) -> bool:
+    """Whether the runner's workers share this host (the in-process DirectRunner): only then can
+    their progress counter files (a local directory) be read by the command line."""
+    return options.view_as(StandardOptions).runner in (None, "DirectRunner", "FnApiRunner")

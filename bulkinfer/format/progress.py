@@ -119,8 +119,11 @@ class _ProcessCounts:
             self._flushed = time.monotonic()
             # The pid in the name keeps writers apart; the thread id keeps this process's threads apart.
             temporary = self._path.with_name(f".{self._path.name}.{threading.get_ident()}.tmp")
-            temporary.write_text(data, encoding="utf-8")
-            os.replace(temporary, self._path)
+            try:
+                temporary.write_text(data, encoding="utf-8")
+                os.replace(temporary, self._path)
+            except OSError:
+                pass  # progress is for watching: a full disk or a removed directory must not fail the run
 
 
 _COUNTERS: dict[str, _ProcessCounts] = {}
