@@ -177,7 +177,9 @@ def _run_tables(
         for plan in plans:
             handler = model_handler or make_handler(job, plan, share_as=share_as)
             try:
-                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline, progress_dir)
+                # Each table counts into its own subdirectory (its report's figures); the display sums them all.
+                table_progress = os.path.join(progress_dir, f"table-{len(manifests) + len(failures)}") if progress_dir else None
+                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline, table_progress)
             except GateError as e:
                 failures.append(str(e))
     finally:

@@ -120,6 +120,7 @@ class _ProcessCounts:
             # The pid in the name keeps writers apart; the thread id keeps this process's threads apart.
             temporary = self._path.with_name(f".{self._path.name}.{threading.get_ident()}.tmp")
             try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
                 temporary.write_text(data, encoding="utf-8")
                 os.replace(temporary, self._path)
             except OSError:
@@ -142,7 +143,8 @@ def process_counts(directory: str) -> _ProcessCounts:
 def read_progress(directory: str) -> Snapshot:
     """Sums the counter files of every process of a run; files being replaced are skipped until next time."""
     total = Snapshot()
-    for path in sorted(Path(directory).glob("*.json")):
+    # Subdirectories too: a run of several tables counts each into its own.
+    for path in sorted(Path(directory).rglob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
