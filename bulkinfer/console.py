@@ -68,8 +68,8 @@ class QuietTerminal:
         _flush_std()
         saved_out, saved_err = (os.dup(_TERMINAL[0]), os.dup(_TERMINAL[1])) if _TERMINAL else (os.dup(1), os.dup(2))
         self._saved = (saved_out, saved_err)
-        self.terminal_out = open(os.dup(saved_out), "w", buffering=1, encoding="utf-8")  # noqa: SIM115
-        self.terminal_err = open(os.dup(saved_err), "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self.terminal_out = _terminal(sys.stdout, 1, saved_out)
+        self.terminal_err = _terminal(sys.stderr, 2, saved_err)
         if self.verbose:
             os.dup2(saved_err, 1)
         else:
@@ -126,8 +126,9 @@ class QuietTerminal:
             os.dup2(self._saved[1], 2)
             os.close(self._saved[0])
             os.close(self._saved[1])
-            self.terminal_out.close()
-            self.terminal_err.close()
+            for stream, original in ((self.terminal_out, sys.stdout), (self.terminal_err, sys.stderr)):
+                if stream is not original:
+                    stream.close()
         self._saved = None
         if self._temporary and self.log_path:
             user_error = isinstance(exc_type, type) and issubclass(exc_type, (ConfigError, InputError, TableError, GateError))
@@ -137,6 +138,18 @@ class QuietTerminal:
             elif user_error or not self.keep_log:
                 # A user error is one line on stderr; the lines logged before it help nobody.
                 os.unlink(self.log_path)
+
+
+def _terminal(stream: IO[str], fd: int, saved: int) -> IO[str]:
+    """Where ``stream``'s writes really go: a copy of the saved descriptor when ``stream`` writes to
+    ``fd``, else ``stream`` itself (a Python-level stream, such as a test's capture, bypasses descriptors)."""
+    try:
+        writes_to_fd = stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        writes_to_fd = False
+    if not writes_to_fd:
+        return stream
+    return open(os.dup(saved), "w", buffering=1, encoding="utf-8")  # noqa: SIM115
 
 
 def attach_log(vdir: str) -> None:
