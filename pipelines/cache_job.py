@@ -179,6 +179,8 @@ def _run_tables(
             try:
                 # Each table counts into its own subdirectory (its report's figures); the display sums them all.
                 table_progress = os.path.join(progress_dir, f"table-{len(manifests) + len(failures)}") if progress_dir else None
+                if table_progress:
+                    os.makedirs(table_progress, exist_ok=True)
                 manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline, table_progress)
             except GateError as e:
                 failures.append(str(e))

@@ -120,11 +120,12 @@ class _ProcessCounts:
             # The pid in the name keeps writers apart; the thread id keeps this process's threads apart.
             temporary = self._path.with_name(f".{self._path.name}.{threading.get_ident()}.tmp")
             try:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
                 temporary.write_text(data, encoding="utf-8")
                 os.replace(temporary, self._path)
             except OSError:
-                pass  # progress is for watching: a full disk or a removed directory must not fail the run
+                # Progress is for watching: a full disk, or the directory removed after the run by a
+                # worker's late flush, must not fail the run (nor recreate the directory).
+                pass
 
 
 _COUNTERS: dict[str, _ProcessCounts] = {}
