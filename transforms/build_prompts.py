@@ -24,10 +24,11 @@ class BuildPrompts(beam.PTransform):
         self._task = task
 
     def expand(self, groups: beam.PCollection) -> beam.PCollection:
-        return groups | "Render" >> beam.Map(_to_request, self._task)
+        return groups | "Render" >> beam.Map(prompt_request, self._task)
 
 
-def _to_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
+def prompt_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
+    """The engine request of one key: its prompt text, or chat turns for ``chat`` tasks."""
     if task.format == "chat":
         messages = render_messages(task, group.key, dict(group.fields), group.language)
         return PromptRequest(

@@ -1,0 +1,55 @@
+"""CountProgress: counts the elements passing a point of the job into the run's progress files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+
+from bulkinfer.format.progress import COUNTS, process_counts
+from bulkinfer.format.records import Generation
+
+
+class _Count(beam.DoFn):
+    def __init__(self, directory: str, name: str):
+        self._directory = directory
+        self._name = name
+        self._counts: Any = None
+
+    def setup(self) -> None:
+        self._counts = process_counts(self._directory)
+
+    def process(self, element: Any) -> Iterator[Any]:
+        if isinstance(element, Generation) and not element.error_reason:
+            self._counts.add(self._name, 1, prompt_tokens=element.prompt_tokens, output_tokens=element.output_tokens)
+        else:
+            self._counts.add(self._name)
+        yield element
+
+    def finish_bundle(self) -> None:
+        self._counts.flush()
+
+
+class CountProgress(beam.PTransform):
+    """Passes every element through unchanged and counts it under ``name`` for the live progress display.
+
+    Generations also add their prompt and output tokens (and to the token-length
+    histograms). Counts go to one file per worker process under ``directory``
+    (:mod:`bulkinfer.format.progress`), a local directory: the display reads it from
+    the main process, so this only counts on runners whose workers share the host.
+    """
+
+    def __init__(self, directory: str, name: str):
+        """Args:
+        directory: the run's progress directory.
+        name: one of ``bulkinfer.format.progress.COUNTS``.
+        """
+        super().__init__()
+        if name not in COUNTS:
+            raise ValueError(f"name must be one of {', '.join(COUNTS)}, got {name!r}")
+        self._directory = directory
+        self._name = name
+
+    def expand(self, elements: beam.PCollection) -> beam.PCollection:
+        return elements | "Count" >> beam.ParDo(_Count(self._directory, self._name))
