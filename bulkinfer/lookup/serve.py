@@ -65,6 +65,8 @@ class ServeConfig:
     """Where stores of versions without one (or of remote tables) are built; default ``~/.cache/bulkinfer/stores``."""
     access_log: bool = False
     """Log every request (uvicorn's access log); off by default, it costs throughput."""
+    request_timeout_s: float = 10.0
+    """Seconds a request may take to arrive whole; a connection holding a partial request longer is answered 408 and closed."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -75,6 +77,8 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
         if self.reload_interval_s <= 0:
             raise ConfigError(f"reload_interval_s must be > 0, got {self.reload_interval_s}")
+        if not 0 < self.request_timeout_s <= 3600:
+            raise ConfigError(f"request_timeout_s must be in (0, 3600], got {self.request_timeout_s}")
         if self.close_grace_s < 0:
             raise ConfigError(f"close_grace_s must be >= 0, got {self.close_grace_s}")
 
@@ -542,7 +546,7 @@ def serve(config: ServeConfig) -> None:
             host=config.host,
             port=config.port,
             loop=_available("uvloop", "uvloop", "asyncio"),
-            http=_available("httptools", "httptools", "h11"),
+            http=_http_protocol(config),
             lifespan="on",
             access_log=config.access_log,
             log_level="info",
@@ -550,6 +554,16 @@ def serve(config: ServeConfig) -> None:
         )
     )
     server.run()
+
+
+def _http_protocol(config: ServeConfig) -> Any:
+    """httptools with the request deadline and JSON parser errors; plain h11 where httptools is missing."""
+    if _available("httptools", "httptools", "h11") == "h11":
+        _LOG.warning("httptools is missing: no per-request deadline (pip install 'uvicorn[standard]')")
+        return "h11"
+    from bulkinfer.lookup.http_limits import limited_protocol
+
+    return limited_protocol(config.request_timeout_s)
 
 
 def _available(module: str, fast: str, fallback: str) -> str:
