@@ -10,7 +10,7 @@ import pytest
 from bulkinfer.cli import main
 from bulkinfer.lookup.table import open_table
 from bulkinfer.pipelines.cache_job import run
-from tests.conftest import write_corpus
+from tests.conftest import task_allowing_failures, write_corpus
 
 pytestmark = pytest.mark.engine
 
@@ -27,11 +27,15 @@ def _predictions(table_dir):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "queries.parquet", QUERIES)
+    directory = tmp_path_factory.mktemp("corpus")
+    # One key of six is over the context on purpose (a dead letter to account for): over the 5% failure gate.
+    task_allowing_failures(directory, "synonyms")
+    return write_corpus(directory / "queries.parquet", QUERIES)
 
 
 def _argv(corpus, out, model, *extra):
-    return ["--task", "synonyms", "--input", str(corpus), "--output", str(out), "--model", str(model), "--max_model_len", "512", *extra]
+    task = str(corpus.parent / "synonyms-allowing-failures.yaml")
+    return ["--task", task, "--input", str(corpus), "--output", str(out), "--model", str(model), "--max_model_len", "512", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +138,8 @@ structured:
     required: [synonyms]
 parser: {json_field: synonyms}
 sampling: {max_tokens: 200}
-gates: {min_valid_rate: 1.0}
+# The corpus holds one query over the context on purpose (1 key of 6).
+gates: {min_valid_rate: 1.0, max_failed_rate: 0.2}
 """
 
 
