@@ -83,6 +83,10 @@ class ServeConfig:
             raise ConfigError(f"close_grace_s must be >= 0, got {self.close_grace_s}")
 
 
+_INLINE_CHARS = 16_384
+"""POST batches with more query characters than this are answered off the event loop."""
+
+
 class _UserError(Exception):
     """A request the client must fix: answered with ``status`` and a JSON error body."""
 
@@ -362,7 +366,12 @@ class LookupApp:
         for i, query in enumerate(queries):
             self._check_query(query, f"queries[{i}]")
         table = self._serving()
-        answers = table.answer_many(queries)
+        if sum(map(len, queries)) > _INLINE_CHARS:
+            # A big batch of non-ASCII keys takes the normaliser a few hundred ms (bench/http_expanding_queries.py):
+            # answered in a worker thread, so the event loop keeps serving other requests meanwhile.
+            answers = await asyncio.to_thread(table.answer_many, queries)
+        else:
+            answers = table.answer_many(queries)
         self._count(answers)
         body = orjson.dumps({"version": table.version, "results": answers})
         return 200, body, [_JSON, (b"x-bulkinfer-version", table.version.encode())]
