@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max_batch", type=int, default=1000, help="most queries per POST (default 1000)")
     serve.add_argument("--reload_interval", type=float, default=1.0, help="seconds between checks of CURRENT (default 1)")
     serve.add_argument("--access_log", action="store_true", help="log every request")
+    serve.add_argument("--request_timeout", type=float, default=10.0, help="seconds a request may take to arrive whole (default 10)")
     commands.add_parser("tasks", help="list the built-in task specs")
     report = commands.add_parser("report", help="write a version's HTML run report (self-contained: plots inline, opens offline)")
     report.add_argument("--table", required=True, help="table directory")
@@ -341,6 +342,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         reload_interval_s=args.reload_interval,
         access_log=args.access_log,
+        request_timeout_s=args.request_timeout,
     )
     serve(config)
     return 0

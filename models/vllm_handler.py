@@ -6,7 +6,9 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -379,22 +381,60 @@ def is_fatal(error: BaseException) -> bool:
 def tokenize_requests(tokenizer: Any, batch: Sequence[PromptRequest]) -> list[list[int]]:
     """Token ids per request: those it carries, else its prompt text, or chat turns through the chat template.
 
-    A chat template writes the model's special tokens (BOS included) itself, so its
-    text is tokenised without adding them again.
+    Prompt text is tokenised as text: a query holding ``</s>`` or ``<|im_start|>``
+    gets the tokens of those characters, never the model's control tokens. A chat
+    template writes the model's special tokens (BOS included) itself, so its text is
+    tokenised without adding them again; turns that hold special-token text are
+    tokenised apart from the template around them.
     """
     ids: list[list[int]] = [list(r.prompt_token_ids) for r in batch]
     plain = [i for i, r in enumerate(batch) if not r.prompt_token_ids and not r.messages]
     chat = [i for i, r in enumerate(batch) if not r.prompt_token_ids and r.messages]
     if plain:
-        for i, row in zip(plain, tokenizer([batch[i].prompt for i in plain])["input_ids"], strict=True):
+        rows = tokenizer([batch[i].prompt for i in plain], split_special_tokens=True)["input_ids"]
+        for i, row in zip(plain, rows, strict=True):
             ids[i] = row
     if chat:
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": role, "content": content} for role, content in batch[i].messages], tokenize=False, add_generation_prompt=True
-            )
-            for i in chat
-        ]
-        for i, row in zip(chat, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
+        specials = special_token_texts(tokenizer)
+        whole = [i for i in chat if not any(s in content for _, content in batch[i].messages for s in specials)]
+        texts = [_render_chat(tokenizer, [content for _, content in batch[i].messages], batch[i]) for i in whole]
+        for i, row in zip(whole, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
             ids[i] = row
+        for i in sorted(set(chat) - set(whole)):
+            ids[i] = _chat_ids_apart(tokenizer, batch[i])
+    return ids
+
+
+def special_token_texts(tokenizer: Any) -> tuple[str, ...]:
+    """The texts the tokenizer would read as special (control) tokens."""
+    texts = set(getattr(tokenizer, "all_special_tokens", ()))
+    texts.update(token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(token, "special", False))
+    return tuple(sorted(t for t in texts if t))
+
+
+def _render_chat(tokenizer: Any, contents: Sequence[str], request: PromptRequest) -> str:
+    turns = [{"role": role, "content": content} for (role, _), content in zip(request.messages, contents, strict=True)]
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def _chat_ids_apart(tokenizer: Any, request: PromptRequest) -> list[int]:
+    """Chat turns through the template, the template's text with its special tokens, the turns' text as text.
+
+    The template is rendered around placeholders, then each piece is tokenised on
+    its own. Only for turns that hold special-token text: tokenising in pieces may cut
+    differently at the seams than tokenising the whole text.
+    """
+    marks = [f"\x00bulkinfer-turn-{n}-{uuid.uuid4().hex}\x00" for n in range(len(request.messages))]
+    text = _render_chat(tokenizer, marks, request)
+    if any(text.count(mark) != 1 for mark in marks):
+        # The template rewrites or repeats its turns: their text cannot be told apart from the template's.
+        _LOG.warning("the chat template alters its turns; key %r holds special-token text and is tokenised whole", request.key)
+        return tokenizer(text.replace("\x00", ""), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    contents = {mark: content for mark, (_, content) in zip(marks, request.messages, strict=True)}
+    ids: list[int] = []
+    for piece in re.split("(" + "|".join(map(re.escape, marks)) + ")", text):
+        if piece in contents:
+            ids += tokenizer(contents[piece], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
     return ids

@@ -135,8 +135,13 @@ def published_version(table: str) -> tuple[str, dict[str, Any]] | None:
 def publish(table: str, version: str) -> None:
     """Makes ``version`` the published one: writes a temporary file, then renames it over CURRENT."""
     tmp = fs.join(table, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
-    write_text(tmp, version + "\n")
-    fs.rename(tmp, fs.join(table, CURRENT))
+    try:
+        write_text(tmp, version + "\n")
+        fs.rename(tmp, fs.join(table, CURRENT))
+    finally:
+        # A full disk fails the write after the file was created: leave no temporary file behind.
+        if fs.exists(tmp):
+            fs.delete([tmp])
 
 
 def write_manifest(vdir: str, manifest: dict[str, Any]) -> None:

@@ -67,6 +67,8 @@ class ServeConfig:
     """Where stores of versions without one (or of remote tables) are built; default ``~/.cache/bulkinfer/stores``."""
     access_log: bool = False
     """Log every request (uvicorn's access log); off by default, it costs throughput."""
+    request_timeout_s: float = 10.0
+    """Seconds a request may take to arrive whole; a connection holding a partial request longer is answered 408 and closed."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -77,8 +79,14 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
         if self.reload_interval_s <= 0:
             raise ConfigError(f"reload_interval_s must be > 0, got {self.reload_interval_s}")
+        if not 0 < self.request_timeout_s <= 3600:
+            raise ConfigError(f"request_timeout_s must be in (0, 3600], got {self.request_timeout_s}")
         if self.close_grace_s < 0:
             raise ConfigError(f"close_grace_s must be >= 0, got {self.close_grace_s}")
+
+
+_INLINE_CHARS = 16_384
+"""POST batches with more query characters than this are answered off the event loop."""
 
 
 class _UserError(Exception):
@@ -366,7 +374,12 @@ class LookupApp:
         for i, query in enumerate(queries):
             self._check_query(query, f"queries[{i}]")
         table = self._serving()
-        answers = table.answer_many(queries)
+        if sum(map(len, queries)) > _INLINE_CHARS:
+            # A big batch of non-ASCII keys takes the normaliser a few hundred ms (bench/http_expanding_queries.py):
+            # answered in a worker thread, so the event loop keeps serving other requests meanwhile.
+            answers = await asyncio.to_thread(table.answer_many, queries)
+        else:
+            answers = table.answer_many(queries)
         self._count(answers)
         body = orjson.dumps({"version": table.version, "results": answers})
         return 200, body, [_JSON, (b"x-bulkinfer-version", table.version.encode())]
@@ -679,7 +692,7 @@ def serve(config: ServeConfig) -> None:
             host=config.host,
             port=config.port,
             loop=_available("uvloop", "uvloop", "asyncio"),
-            http=_available("httptools", "httptools", "h11"),
+            http=_http_protocol(config),
             lifespan="on",
             access_log=config.access_log,
             log_level="info",
@@ -687,6 +700,16 @@ def serve(config: ServeConfig) -> None:
         )
     )
     server.run()
+
+
+def _http_protocol(config: ServeConfig) -> Any:
+    """httptools with the request deadline and JSON parser errors; plain h11 where httptools is missing."""
+    if _available("httptools", "httptools", "h11") == "h11":
+        _LOG.warning("httptools is missing: no per-request deadline (pip install 'uvicorn[standard]')")
+        return "h11"
+    from bulkinfer.lookup.http_limits import limited_protocol
+
+    return limited_protocol(config.request_timeout_s)
 
 
 def _available(module: str, fast: str, fallback: str) -> str:

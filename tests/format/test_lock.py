@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,17 +31,19 @@ def _stale_lock(table: Path) -> None:
     (table / LOCK).write_text(json.dumps(record))
 
 
-def _locker(table: str, run_id: str, start: float, results: multiprocessing.Queue) -> None:
+def _locker(table: str, run_id: str, start: float, tried: Any, results: multiprocessing.Queue) -> None:
     while time.time() < start:
         pass  # both processes leave this loop within microseconds of each other
     try:
         with TableLock(table, run_id, heartbeat_s=60):
-            time.sleep(0.3)  # hold it while the other tries
-        results.put((run_id, "won"))
+            results.put((run_id, "won"))
+            tried.wait(timeout=60)  # hold the lock until the other has tried, however late it started
     except ConfigError:
         results.put((run_id, "refused"))
+        tried.wait(timeout=60)
     except BaseException as e:  # anything else is the bug this test is about
         results.put((run_id, f"crashed: {type(e).__name__}: {e}"))
+        tried.wait(timeout=60)
 
 
 def test_two_runs_taking_over_one_stale_lock_give_exactly_one_winner(tmp_path):
@@ -48,9 +51,9 @@ def test_two_runs_taking_over_one_stale_lock_give_exactly_one_winner(tmp_path):
     for trial in range(25):
         table = tmp_path / f"table{trial}"
         _stale_lock(table)
-        results = context.Queue()
+        results, tried = context.Queue(), context.Barrier(2)
         start = time.time() + 0.2
-        procs = [context.Process(target=_locker, args=(str(table), name, start, results)) for name in ("a", "b")]
+        procs = [context.Process(target=_locker, args=(str(table), name, start, tried, results)) for name in ("a", "b")]
         for proc in procs:
             proc.start()
         for proc in procs:

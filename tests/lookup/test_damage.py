@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def test_service_keeps_serving_through_a_damaged_current_and_says_so(tmp_path, c
     other = tmp_path / "other"
     write_version(other, "v1", {"query 1": ["from another table"]})
     with _serve(table) as server, httpx.Client(base_url=server.url) as http:
-        (table / layout.CURRENT).write_bytes(content)
+        # Replaced in one rename: a reader polling mid-write would see a second, empty, damage and log it too.
+        (table / "CURRENT.new").write_bytes(content)
+        os.replace(table / "CURRENT.new", table / layout.CURRENT)
         time.sleep(0.5)  # ten reload intervals
         health = http.get("/healthz").json()
         assert health["status"] == "degraded" and "CURRENT is damaged" in health["last_reload_error"]
