@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,8 @@ def shared_engines() -> Iterator[dict[str, Any]]:
         patch.setattr(vllm, "LLM", pooled)
         patch.setattr(vllm_handler, "shutdown_engine", shutdown_unless_pooled)
         yield engines
-    for engine in engines.values():
-        shutdown(engine)
+    with ThreadPoolExecutor() as stopping:  # each stop waits seconds for the engine's processes to exit
+        list(stopping.map(shutdown, engines.values()))
 
 
 @pytest.fixture(autouse=True)
