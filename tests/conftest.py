@@ -1,10 +1,11 @@
-"""Shared fixtures: a tiny real model for the engine path, a fake handler for logic, corpora."""
+"""Shared fixtures: a tiny real model and its engines, shared by the session; corpora and tables; Redis."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _beam_runs_offline() -> Iterator[None]:
-    """Beam's DirectRunner first tries the Prism runner, downloaded from GitHub: offline that
-    fails after about half a second per pipeline (some 80 in a run of the tests), and it falls
-    back to the FnApiRunner. The tests skip the attempt: FnApiRunner, network or not."""
+    """Runs the tests' Beam pipelines on the FnApiRunner without trying Prism first.
+
+    Beam's DirectRunner first tries the Prism runner, which it downloads from GitHub:
+    offline that fails after about half a second per pipeline (some 80 in a run of the
+    tests) and it falls back to the FnApiRunner. Now the tests skip the attempt, and
+    run on the FnApiRunner whether the machine has network or not.
+    """
     from apache_beam.runners.portability import prism_runner
 
     def unavailable(self: prism_runner.PrismRunner, pipeline: Any, options: Any) -> Any:
@@ -97,8 +102,8 @@ def shared_engines() -> Iterator[dict[str, Any]]:
         patch.setattr(vllm, "LLM", pooled)
         patch.setattr(vllm_handler, "shutdown_engine", shutdown_unless_pooled)
         yield engines
-    for engine in engines.values():
-        shutdown(engine)
+    with ThreadPoolExecutor() as stopping:  # each stop waits seconds for the engine's processes to exit
+        list(stopping.map(shutdown, engines.values()))
 
 
 @pytest.fixture(autouse=True)
