@@ -18,7 +18,12 @@ from bulkinfer.tasks.languages import normalize_language
 DEAD = "dead"
 
 
-class _KeyRow(beam.DoFn):
+class KeyRow(beam.DoFn):
+    """Keys one corpus row with ``normalize_key``, or tags it as a dead letter with its reason.
+
+    Public so that ``bulkinfer run --dry_run`` keys a corpus by the job's own rules.
+    """
+
     def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance, language_column: str | None = None):
         self._query_column = query_column
         self._fields = tuple(fields)
@@ -78,7 +83,7 @@ class _KeyRow(beam.DoFn):
         return query, key, None
 
 
-class _PickRepresentative(beam.CombineFn):
+class PickRepresentative(beam.CombineFn):
     """Counts the rows of a key, keeps its best-ranked spelling and counts its rows' languages."""
 
     def create_accumulator(self) -> tuple[int, Any, dict[str, int]]:
@@ -107,7 +112,8 @@ class _PickRepresentative(beam.CombineFn):
         return count, best, language
 
 
-def _to_group(item: tuple[str, tuple[int, Any, str | None]]) -> QueryGroup:
+def to_query_group(item: tuple[str, tuple[int, Any, str | None]]) -> QueryGroup:
+    """The merged key (its row count, representative spelling and language) as a :class:`QueryGroup`."""
     key, (count, (_, query, fields), language) = item
     return QueryGroup(key=key, query=query, fields=fields, source_rows=count, language=language)
 
@@ -137,7 +143,7 @@ class NormalizeKeys(beam.PTransform):
         self._language_column = language_column
 
     def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        key_row = _KeyRow(self._query_column, self._fields, self._provenance, self._language_column)
+        key_row = KeyRow(self._query_column, self._fields, self._provenance, self._language_column)
         keyed = rows | "KeyRows" >> beam.ParDo(key_row).with_outputs(DEAD, main="keyed")
-        groups = keyed.keyed | "MergeSpellings" >> beam.CombinePerKey(_PickRepresentative()) | "ToGroups" >> beam.Map(_to_group)
+        groups = keyed.keyed | "MergeSpellings" >> beam.CombinePerKey(PickRepresentative()) | "ToGroups" >> beam.Map(to_query_group)
         return groups, keyed[DEAD]

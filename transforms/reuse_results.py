@@ -21,7 +21,12 @@ REUSED_DEAD = "reused_dead"
 _DETERMINISTIC = {Reason.PROMPT_TOO_LONG, Reason.UNPARSEABLE_OUTPUT}
 
 
-class _Split(beam.DoFn):
+class SplitByReuse(beam.DoFn):
+    """Sends a key to generation, or carries an earlier result (same fingerprint) or dead letter for it.
+
+    Public so that ``bulkinfer run --dry_run`` applies the job's own reuse rules.
+    """
+
     def __init__(self, fingerprint: str, greedy: bool):
         self._fingerprint = fingerprint
         self._reusable_dead = _DETERMINISTIC if greedy else {Reason.PROMPT_TOO_LONG}
@@ -97,6 +102,6 @@ class ReuseResults(beam.PTransform):
         split = (
             keyed
             | "JoinOnKey" >> beam.CoGroupByKey()
-            | "Split" >> beam.ParDo(_Split(self._fingerprint, self._greedy)).with_outputs(REUSED, REUSED_DEAD, main="to_generate")
+            | "Split" >> beam.ParDo(SplitByReuse(self._fingerprint, self._greedy)).with_outputs(REUSED, REUSED_DEAD, main="to_generate")
         )
         return split.to_generate, split[REUSED], split[REUSED_DEAD]

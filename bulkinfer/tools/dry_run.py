@@ -114,10 +114,10 @@ def load_profile(source: str) -> ThroughputProfile | None:
 
 def _key_groups(plan: TablePlan, job: CacheJobOptions) -> tuple[list[Any], int]:
     """One ``QueryGroup`` per key, by the job's own NormalizeKeys rules; and the rows dead-lettered there."""
-    from bulkinfer.transforms.normalize_keys import _KeyRow, _PickRepresentative, _to_group
+    from bulkinfer.transforms.normalize_keys import KeyRow, PickRepresentative, to_query_group
 
-    keyer = _KeyRow(job.query_column, plan.fields, plan.provenance, job.language_column)
-    combine = _PickRepresentative()
+    keyer = KeyRow(job.query_column, plan.fields, plan.provenance, job.language_column)
+    combine = PickRepresentative()
     accumulators: dict[str, Any] = {}
     dead = 0
     for row in _rows(plan, job):
@@ -127,7 +127,7 @@ def _key_groups(plan: TablePlan, job: CacheJobOptions) -> tuple[list[Any], int]:
                 continue
             key, value = out
             accumulators[key] = combine.add_input(accumulators.get(key) or combine.create_accumulator(), value)
-    return [_to_group((key, combine.extract_output(acc))) for key, acc in accumulators.items()], dead
+    return [to_query_group((key, combine.extract_output(acc))) for key, acc in accumulators.items()], dead
 
 
 def _rows(plan: TablePlan, job: CacheJobOptions) -> Iterator[dict[str, Any]]:
@@ -146,7 +146,7 @@ def _estimate_table(
     profile: ThroughputProfile | None,
     gpu_hour_price: float | None,
 ) -> dict[str, Any]:
-    from bulkinfer.transforms.reuse_results import _Split
+    from bulkinfer.transforms.reuse_results import SplitByReuse
     from bulkinfer.transforms.sample_keys import key_rank
 
     not_sampled = 0
@@ -159,7 +159,7 @@ def _estimate_table(
 
         groups = [dataclasses.replace(g, language=plan.detector.detect(g.query)) if g.language is None else g for g in groups]
     earlier = _earlier_results(plan, job)
-    split = _Split(plan.provenance.fingerprint, plan.task.sampling.temperature == 0.0)
+    split = SplitByReuse(plan.provenance.fingerprint, plan.task.sampling.temperature == 0.0)
     to_generate, reused, reused_dead = [], 0, 0
     for group in groups:
         joined = {"groups": [group], **{name: rows.get(group.key, []) for name, rows in earlier.items()}}
