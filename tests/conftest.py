@@ -171,6 +171,25 @@ def task_allowing_failures(directory: Path, name: str) -> str:
     return str(path)
 
 
+def ungated_task(directory: Path, name: str = "synonyms") -> str:
+    """A copy of a built-in task spec without its quality gates (and the failure-rate gate lifted); returns its path.
+
+    For plumbing tests on the tiny random-weight model: it answers noise (every answer
+    runs to ``max_tokens``), so a production gate rightly refuses its versions, and
+    what those tests check is the job around the engine, not answer quality. Their
+    corpora also hold a key over the context on purpose.
+    """
+    from importlib import resources
+
+    import yaml
+
+    raw = yaml.safe_load((resources.files("bulkinfer.tasks.builtin") / f"{name}.yaml").read_text(encoding="utf-8"))
+    raw["gates"] = {"max_failed_rate": 1.0}
+    path = directory / f"{name}-ungated.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return str(path)
+
+
 def write_version(table: Path, version: str, answers: dict[str, list[str]], *, publish: bool = True, store: bool = True) -> Path:
     """Writes one complete version of a synonyms table without running the job; returns its directory.
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from bulkinfer.cli import main
 from bulkinfer.lookup.table import open_table
 from bulkinfer.pipelines.cache_job import run
-from tests.conftest import write_corpus
+from tests.conftest import ungated_task, write_corpus
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("shared_engines")]
 
@@ -34,20 +32,8 @@ def corpus(tmp_path_factory):
 
 
 def _argv(corpus, out, model, *extra):
-    return ["--task", _plumbing_task(corpus.parent), "--input", str(corpus), "--output", str(out), "--model", str(model),
+    return ["--task", ungated_task(corpus.parent), "--input", str(corpus), "--output", str(out), "--model", str(model),
             "--max_model_len", "512", *extra]  # fmt: skip
-
-
-def _plumbing_task(directory) -> str:
-    """The built-in synonyms spec without its quality gates: the tiny random model answers noise
-    (every answer runs to max_tokens), and these tests are about the job's plumbing, not quality.
-    One key of six is over the context on purpose (a dead letter to account for), over the 5%
-    failure gate that applies by default: lifted too."""
-    spec = yaml.safe_load((resources.files("bulkinfer.tasks.builtin") / "synonyms.yaml").read_text(encoding="utf-8"))
-    spec["gates"] = {"max_failed_rate": 1.0}
-    path = directory / "synonyms_plumbing.yaml"
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_corpus
+from tests.conftest import ungated_task, write_corpus
 
 pytestmark = pytest.mark.engine
 
@@ -31,7 +31,7 @@ def _args(corpus: Path, table: Path, model: Path, *extra: str) -> list[str]:
     return [
         "run",
         "--task",
-        "synonyms",
+        ungated_task(corpus.parent),
         "--input",
         str(corpus),
         "--output",
