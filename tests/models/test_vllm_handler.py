@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from bulkinfer.models.engine import EngineConfig
 from bulkinfer.models.vllm_handler import EngineHandle, LoadedEngine, VLLMHandler
 
 from bulkinfer.errors import Reason
@@ -19,8 +18,9 @@ TASK = load_task("synonyms")
 
 
 @pytest.fixture(scope="module")
-def handler_and_engine(tiny_model):
-    handler = VLLMHandler(EngineConfig(model=str(tiny_model), max_model_len=512, dtype="float32"), TASK.sampling, batch_size=8)
+def handler_and_engine(lora_engine_config):
+    # No adapter here: the LoRA-capable engine runs the base model (and is started once for the handler tests).
+    handler = VLLMHandler(lora_engine_config, TASK.sampling, batch_size=8)
     return handler, handler.load_model().get()
 
 
