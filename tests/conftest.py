@@ -7,11 +7,14 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+if TYPE_CHECKING:
+    from bulkinfer.models.engine import EngineConfig
 
 # vLLM CPU sizes its KV cache from this (GiB); set before any engine starts.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -126,6 +129,20 @@ def tiny_loras(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> li
 
     root = tmp_path_factory.mktemp("tiny-loras")
     return [build_tiny_lora(tiny_model, root / f"lora{seed}", seed=seed) for seed in (1, 2)]
+
+
+@pytest.fixture(scope="session")
+def lora_engine_config(tiny_model: Path, tiny_loras: list[Path]) -> EngineConfig:
+    """The tiny model's engine with room for both ``tiny_loras``: the handler tests' one engine.
+
+    Requests without an adapter run the base model on it, so the handler tests that need
+    none share it with those that do. (It is also the engine the job starts for
+    ``--adapter`` with both, so that test reuses it too.)
+    """
+    from bulkinfer.models.engine import EngineConfig, load_adapter
+
+    rank = max(load_adapter(str(path), 0, str(tiny_model)).rank for path in tiny_loras)
+    return EngineConfig(model=str(tiny_model), max_model_len=512, max_lora_rank=rank, max_loras=len(tiny_loras))
 
 
 def write_corpus(path: Path, queries: list, **columns: list) -> Path:

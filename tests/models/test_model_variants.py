@@ -12,7 +12,7 @@ import json
 import pytest
 
 from bulkinfer.format.records import PromptRequest
-from bulkinfer.models.engine import EngineConfig, load_adapter
+from bulkinfer.models.engine import load_adapter
 from bulkinfer.models.vllm_handler import VLLMHandler, release_shared_engine
 from bulkinfer.tasks.parsing import parse_output
 from bulkinfer.tasks.prompts import render_messages, render_prompt
@@ -27,12 +27,11 @@ SHARED = "test_model_variants"
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model, tiny_loras):
+def setup(tiny_model, tiny_loras, lora_engine_config):
     adapters = [load_adapter(f"lora{i}={path}", i, str(tiny_model)) for i, path in enumerate(tiny_loras)]
-    config = EngineConfig(model=str(tiny_model), max_model_len=512, max_lora_rank=max(a.rank for a in adapters), max_loras=2)
-    base = VLLMHandler(config, SYNONYMS.sampling, batch_size=16, share_engine_as=SHARED)
+    base = VLLMHandler(lora_engine_config, SYNONYMS.sampling, batch_size=16, share_engine_as=SHARED)
     engine = base.load_model().get()
-    yield config, adapters, base, engine
+    yield lora_engine_config, adapters, base, engine
     release_shared_engine(SHARED)
 
 

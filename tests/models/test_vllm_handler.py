@@ -23,8 +23,9 @@ def engine_config(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def handler_and_engine(tiny_model):
-    handler = VLLMHandler(engine_config(tiny_model), TASK.sampling, batch_size=8)
+def handler_and_engine(lora_engine_config):
+    # No adapter here: the LoRA-capable engine runs the base model (and is started once for the handler tests).
+    handler = VLLMHandler(lora_engine_config, TASK.sampling, batch_size=8)
     return handler, handler.load_model().get()
 
 

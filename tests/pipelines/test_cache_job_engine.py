@@ -37,9 +37,13 @@ def _argv(corpus, out, model, *extra):
 
 
 @pytest.fixture(scope="module")
-def in_process(tiny_model, corpus, tmp_path_factory):
+def in_process(tiny_model, corpus, tmp_path_factory, shared_engines):
     out = tmp_path_factory.mktemp("in-process") / "table"
-    return out, run(_argv(corpus, out, tiny_model))
+    started = len(shared_engines)
+    manifest = run(_argv(corpus, out, tiny_model))
+    # The rerun test compares its wall time with this run's, which must include a real engine start.
+    assert len(shared_engines) == started + 1, "the first job run must start its engine: no earlier test may start this configuration"
+    return out, manifest
 
 
 def test_real_engine_job_publishes_every_row_accounted_for(in_process):
