@@ -185,6 +185,8 @@ def _run(argv: list[str]) -> int:
         return 2
     except GateError as e:
         print(f"bulkinfer: not published: {e}", file=sys.stderr)
+        # The version was written and measured: stdout still carries its summary, for `| jq` and schedulers.
+        print_run_summary(e.manifests)
         return 3
     except Exception as e:  # an operational failure (disk, engine, lock): nothing published; one line, details in a log
         from bulkinfer.failures import report_failure
@@ -195,12 +197,21 @@ def _run(argv: list[str]) -> int:
             shutil.rmtree(own_progress_dir, ignore_errors=True)
     if dry:
         return _print_estimate(result, console.estimate_out)
-    # Several adapters: one manifest per table, one summary line each.
-    tables = manifest["tables"] if "tables" in manifest else {None: manifest}
-    for table, one in tables.items():
-        summary = {name: one[name] for name in ("version", "counts", "dead_letter_reasons", "quality", "wall_seconds")}
-        print(json.dumps({"table": table, **summary} if table else summary))
+    print_run_summary(manifest["tables"] if "tables" in manifest else {None: manifest})
     return 0
+
+
+def print_run_summary(manifests: dict[str | None, dict[str, Any]]) -> None:
+    """One JSON line per table of a run on stdout: version, whether it was published, counts, reasons, quality, time.
+
+    Args:
+        manifests: the run's manifests; None as the key of a single table's, else the
+            table directory of each adapter's.
+    """
+    for table, one in manifests.items():
+        summary = {"version": one["version"], "published": bool(one["gates"]["passed"])}
+        summary.update({name: one[name] for name in ("counts", "dead_letter_reasons", "quality", "wall_seconds")})
+        print(json.dumps({"table": table, **summary} if table else summary))
 
 
 def _print_estimate(result: dict[str, Any], out: str | None) -> int:

@@ -27,6 +27,13 @@ class LockLostError(RuntimeError):
 class GateError(RuntimeError):
     """A quality gate failed: the new version is kept for inspection, not published."""
 
+    def __init__(self, message: str, manifests: dict[str | None, dict] | None = None):
+        super().__init__(message)
+        self.manifests: dict[str | None, dict] = dict(manifests or {})
+        """The manifests of the run's versions (None: the single table; else by table directory),
+        those kept unpublished and, with several adapter tables, those published, so the
+        command line can print the run's summary either way."""
+
 
 class Reason:
     """Machine-readable reason codes of dead-letter rows (the ``reason`` column)."""

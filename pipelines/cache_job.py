@@ -184,10 +184,11 @@ def _run_tables(
                 manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline, table_progress)
             except GateError as e:
                 failures.append(str(e))
+                manifests[plan.output] = e.manifests[None]
     finally:
         release_shared_engine(share_as)
     if failures:
-        raise GateError("; ".join(failures))
+        raise GateError("; ".join(failures), manifests=manifests)
     return {"tables": manifests}
 
 

@@ -48,7 +48,8 @@ def check_gates(manifest: dict[str, Any], table: str, task_flag: str, previous: 
         f"quality gate {first['gate']} failed: {first['value']} against threshold {first['threshold']} "
         f"({where}); version {version} kept unpublished "
         f"in {layout.version_dir(table, version)}; {table} still serves {previous or 'nothing'}"
-        + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else "")
+        + (f"; {len(failed) - 1} more gate(s) failed, see manifest.json" if len(failed) > 1 else ""),
+        manifests={None: manifest},
     )
 
 
