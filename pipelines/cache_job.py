@@ -8,28 +8,21 @@ Beam flags (``--runner``, ``--direct_num_workers``, Dataflow options, ...) pass 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
-import time
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bulkinfer.console import attach_log
-from bulkinfer.errors import ConfigError, GateError
 from bulkinfer.format import fs, layout
-from bulkinfer.format.lock import TableLock
-from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoints, publish_version
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
 from bulkinfer.models.gemma import GEMMA_ALIAS
-from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler, release_shared_engine
+from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler
 from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
-from bulkinfer.pipelines.plan import TablePlan, make_handler, plan_tables, runner_options
-from bulkinfer.pipelines.run_record import record_run
-from bulkinfer.pipelines.summary import summarise
+from bulkinfer.pipelines.plan import TablePlan, plan_tables, runner_options
+from bulkinfer.pipelines.run_tables import run_tables
 from bulkinfer.transforms.build_prompts import BuildPrompts
 from bulkinfer.transforms.checkpoint_results import CheckpointResults
 from bulkinfer.transforms.count_progress import CountProgress
@@ -42,8 +35,6 @@ from bulkinfer.transforms.reuse_results import ReuseResults
 from bulkinfer.transforms.sample_keys import SampleKeys
 from bulkinfer.transforms.tokenize_prompts import TokenizePrompts
 from bulkinfer.transforms.write_version import WriteVersion
-
-_LOG = logging.getLogger(__name__)
 
 
 class CacheJobOptions(PipelineOptions):
@@ -153,88 +144,10 @@ def run(
     if own_progress_dir:
         progress_dir = tempfile.mkdtemp(prefix="bulkinfer-progress-")
     try:
-        return _run_tables(options, job, plans, model_handler, test_pipeline, progress_dir)
+        return run_tables(options, job, plans, _build, model_handler, test_pipeline, progress_dir)
     finally:
         if own_progress_dir:
             shutil.rmtree(progress_dir, ignore_errors=True)
-
-
-def _run_tables(
-    options: PipelineOptions,
-    job: CacheJobOptions,
-    plans: list[TablePlan],
-    model_handler: ModelHandler | None,
-    test_pipeline: beam.Pipeline | None,
-    progress_dir: str | None,
-) -> dict[str, Any]:
-    if len(plans) == 1:
-        handler = model_handler or make_handler(job, plans[0], share_as=None)
-        return _run_table(options, job, plans[0], handler, test_pipeline, progress_dir)
-    share_as = f"cache_job-{os.getpid()}-{id(plans)}"
-    manifests: dict[str, Any] = {}
-    failures: list[str] = []
-    try:
-        for plan in plans:
-            handler = model_handler or make_handler(job, plan, share_as=share_as)
-            try:
-                # Each table counts into its own subdirectory (its report's figures); the display sums them all.
-                table_progress = os.path.join(progress_dir, f"table-{len(manifests) + len(failures)}") if progress_dir else None
-                if table_progress:
-                    os.makedirs(table_progress, exist_ok=True)
-                manifests[plan.output] = _run_table(options, job, plan, handler, test_pipeline, table_progress)
-            except GateError as e:
-                failures.append(str(e))
-                manifests[plan.output] = e.manifests[None]
-    finally:
-        release_shared_engine(share_as)
-    if failures:
-        raise GateError("; ".join(failures), manifests=manifests)
-    return {"tables": manifests}
-
-
-def _run_table(
-    options: PipelineOptions,
-    job: CacheJobOptions,
-    plan: TablePlan,
-    handler: ModelHandler,
-    test_pipeline: beam.Pipeline | None,
-    progress_dir: str | None,
-) -> dict[str, Any]:
-    started = time.time()
-    output, run_id = plan.output, plan.provenance.run_id
-    with TableLock(output, run_id) as lock:
-        published = layout.published_version(output)
-        previous = published[0] if published else None
-        if published is not None and previous == run_id:
-            return _already_published(plan, published[1])
-        clear_leftovers(plan.vdir)
-        attach_log(plan.vdir)
-        reuse_from = None if job.full or previous is None else layout.version_dir(output, previous)
-        pipeline = test_pipeline or beam.Pipeline(options=options)
-        _build(pipeline, job, plan, handler, reuse_from, progress_dir)
-        result = pipeline.run()
-        result.wait_until_finish()
-        manifest = summarise(plan, job, result, started, previous)
-        layout.write_manifest(plan.vdir, manifest)
-        record_run(plan, manifest, progress_dir, options)
-        check_gates(manifest, output, job.task, previous)
-        lock.check()
-        pruned = publish_version(output, run_id, keep=job.keep)
-    _LOG.info("published %s version %s: %s (pruned %s)", output, run_id, manifest["counts"], pruned or "none")
-    return manifest
-
-
-def _already_published(plan: TablePlan, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The same run again after it published (a scheduler's retry): nothing to do but the cleanup it may have missed."""
-    output, run_id = plan.output, plan.provenance.run_id
-    if manifest.get("fingerprint") != plan.provenance.fingerprint:
-        raise ConfigError(
-            f"run id {run_id} is already the published version of {output}, made with another task, model or "
-            f"engine (fingerprint differs); give a new --run_id"
-        )
-    drop_checkpoints(output)
-    _LOG.info("%s version %s is already published by this run; nothing to do", output, run_id)
-    return manifest
 
 
 def _build(
