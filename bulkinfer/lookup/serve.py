@@ -496,6 +496,14 @@ def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
             out[str(code)] = {"description": _STATUS_TEXT[code], "content": {"application/json": {"schema": error}}}
         return out
 
+    def batch_request(**extra: Any) -> dict[str, Any]:
+        queries = {"type": "array", "maxItems": config.max_batch, "items": {"type": "string", "maxLength": config.max_query_chars}}
+        schema = {"type": "object", "required": ["queries"], "properties": {"queries": queries, **extra}}
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    def batch_answer(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "properties": {"version": {"type": "string"}, "results": {"type": "array", "items": item}}}
+
     return {
         "openapi": "3.1.0",
         "info": {"title": "bulkinfer lookup service", "version": "1", "description": f"Predictions of {config.table}, by query."},
@@ -516,33 +524,8 @@ def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "Look a batch of queries up, all in one version",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["queries"],
-                                    "properties": {
-                                        "queries": {
-                                            "type": "array",
-                                            "maxItems": config.max_batch,
-                                            "items": {"type": "string", "maxLength": config.max_query_chars},
-                                        }
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": responses(
-                        {
-                            "type": "object",
-                            "properties": {"version": {"type": "string"}, "results": {"type": "array", "items": answer_ref}},
-                        },
-                        400,
-                        413,
-                        422,
-                    ),
+                    "requestBody": batch_request(),
+                    "responses": responses(batch_answer(answer_ref), 400, 413, 422),
                 },
             },
             "/v1/match": {
@@ -556,38 +539,8 @@ def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "Match a batch of queries, all in one version",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["queries"],
-                                    "properties": {
-                                        "queries": {
-                                            "type": "array",
-                                            "maxItems": config.max_batch,
-                                            "items": {"type": "string", "maxLength": config.max_query_chars},
-                                        },
-                                        "exact": {"type": "boolean", "default": False},
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": responses(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "version": {"type": "string"},
-                                "results": {"type": "array", "items": {"$ref": "#/components/schemas/Matches"}},
-                            },
-                        },
-                        400,
-                        404,
-                        413,
-                        422,
-                    ),
+                    "requestBody": batch_request(exact={"type": "boolean", "default": False}),
+                    "responses": responses(batch_answer({"$ref": "#/components/schemas/Matches"}), 400, 404, 413, 422),
                 },
             },
             "/healthz": {"get": {"summary": "The version served and the last reload error", "responses": responses({"type": "object"})}},
