@@ -1,6 +1,7 @@
 """The match index: exact, phrase (token boundaries, longest first), CJK/Thai, ambiguity; the CLI, Python and job surfaces."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,15 +147,32 @@ def test_items_are_normalised_and_deduplicated_per_concept():
 )
 def test_token_boundaries(text, i, expected):
     assert match.is_boundary(text, i) is expected
+    assert (i in match.boundaries(text)) is expected
 
 
-def test_opening_reads_metadata_only_and_the_automaton_on_the_first_phrase_match(tmp_path):
-    write_table(tmp_path)
-    index = match.MatchIndex(tmp_path / "versions" / "v1")
-    assert index._automaton is None and len(index) == 20
-    assert index.exact("roma")[0]["concept"] == "rome" and index._automaton is None
-    assert index.phrases("roma antica")[0]["concept"] == "rome" and index._automaton is not None
+@pytest.mark.parametrize(
+    "text", ["vacuna covid cerca de mí", "car-insurance", "北京新冠疫苗接种点 near", "จองวัคซีนโควิด", "नमस्ते दुनिया", "a_b 1.5"]
+)
+def test_all_boundaries_at_once_agree_with_one_at_a_time(text):
+    assert match.boundaries(text) == {i for i in range(len(text) + 1) if match.is_boundary(text, i)}
+
+
+def mapped_files():
+    """Paths this process has memory-mapped (Linux)."""
+    return {line.split(maxsplit=5)[5] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split(maxsplit=5)) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the memory maps of the process from /proc")
+def test_opening_reads_metadata_only_and_the_first_match_maps_the_trie_and_claims(tmp_path):
+    vdir = write_table(tmp_path)
+    files = {str((vdir / name).resolve()) for name in (match.AUTOMATON, match.CLAIMS)}
+    index = match.MatchIndex(vdir)
+    assert len(index) == 20 and not files & mapped_files(), "opening maps nothing"
+    assert index.exact("roma")[0]["concept"] == "rome"
+    assert files <= mapped_files(), "the trie and the claims are memory-mapped, not read into the process"
+    assert index.phrases("roma antica")[0]["concept"] == "rome"
     index.close()
+    assert not files & mapped_files(), "closing unmaps them"
 
 
 def test_a_version_without_an_index_gets_one_built_once_in_the_cache(tmp_path):
