@@ -141,6 +141,30 @@ def test_items_are_normalised_and_deduplicated_per_concept():
     assert match.collect_claims(rows, "synonyms") == [("k", [("k", "de")]), ("strasse", [("k", "de")])]
 
 
+def test_claims_of_repeated_keys_short_language_lists_and_missing_answers():
+    rows = pa.table(
+        {
+            "key": ["k", "k", "j"],  # one concept in two rows (two languages), as a fan-out writes it
+            "language": ["en", "de", "en"],
+            "synonyms": pa.array([["A", "b"], None, ["b", "c", ""]], pa.list_(pa.string())),
+            match.ITEM_LANGUAGES: pa.array([["fr"], None, None], pa.list_(pa.string())),
+        }
+    )
+    assert match.collect_claims(rows, "synonyms") == [
+        ("a", [("k", "fr")]),
+        ("b", [("j", "en"), ("k", "en")]),  # "b" is first in j's answer, second in k's; k's list names no language for it
+        ("c", [("j", "en")]),
+        ("j", [("j", "en")]),
+        ("k", [("k", "en")]),  # a concept claims an item once: its first row
+    ]
+    assert match.match_summary(rows, "synonyms") == {
+        "items": 5,
+        "concepts": 2,
+        "ambiguous_items": 1,
+        "ambiguous_examples": [{"item": "b", "concepts": ["j", "k"]}],
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "i", "expected"),
     [("ab cd", 2, True), ("abcd", 2, False), ("a-b", 1, True), ("新冠", 1, True), ("नमस्ते", 2, False), ("x", 0, True), ("x", 1, True)],
