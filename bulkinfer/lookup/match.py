@@ -543,28 +543,36 @@ class MatchIndex:
             return []
         trie = self.load_automaton()
         cuts = boundaries(key)
-        spans: list[tuple[int, int, int]] = []  # (-length, start, id): longest first, then leftmost
+        n = len(key)
+        spans: list[tuple[int, int, int, int]] = []  # (-length, start, end, id): longest first, then leftmost
         for start in cuts:
             # Normalised items never start with a space; every other boundary may start one.
-            if start == len(key) or key[start] == " ":
+            if start == n or key[start] == " ":
                 continue
             for item, item_id in trie.iter_prefixes_with_ids(key[start:]):
-                if start + len(item) in cuts:
-                    spans.append((-len(item), start, item_id))
+                end = start + len(item)
+                if end in cuts:
+                    spans.append((start - end, start, end, item_id))
         if not spans:
             return []
         spans.sort()
+        used = bytearray(n)  # 1 where a longer (or as long, further left) match was taken
         taken: list[tuple[int, int, int]] = []
-        for negative_length, start, item_id in spans:
-            end = start - negative_length
-            if all(end <= s or start >= e for s, e, _ in taken):
+        for _, start, end, item_id in spans:
+            if used.find(1, start, end) < 0:
+                used[start:end] = b"\x01" * (end - start)
                 taken.append((start, end, item_id))
         taken.sort()
-        return [
-            {"concept": concept, "item": key[start:end], "language": language, "start": start, "end": end}
-            for start, end, item_id in taken
-            for concept, language in self._claims_of(item_id)
-        ]
+        claims = self._claims
+        if claims is None:
+            raise TableError(f"the match index in {self.directory} is closed")
+        found = []
+        for start, end, item_id in taken:  # _claims_of, inlined: this loop is a fifth of a match's time
+            at, until = _OFFSETS.unpack_from(claims, _OFFSET.size * (item_id + 1))
+            item = key[start:end]
+            for concept, language in orjson.loads(claims[at:until]):
+                found.append({"concept": concept, "item": item, "language": language, "start": start, "end": end})
+        return found
 
     def match(self, key: str, exact: bool = False) -> list[dict[str, Any]]:
         """Phrase matches of a normalised key (or, with ``exact``, whole-key matches only)."""
