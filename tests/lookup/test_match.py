@@ -1,6 +1,7 @@
 """The match index: exact, phrase (token boundaries, longest first), CJK/Thai, ambiguity; the CLI, Python and job surfaces."""
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pyarrow as pa
@@ -215,6 +216,23 @@ def test_a_stale_automaton_is_refused(tmp_path):
     (vdir / match.AUTOMATON).write_bytes(b"not the automaton")
     with open_table(str(tmp_path)) as table, pytest.raises(TableError, match="rebuild the version's match index"):
         table.match("covid jab")
+
+
+def test_an_index_of_an_older_format_is_passed_over_then_rewritten_by_export_store(tmp_path, caplog):
+    vdir = write_table(tmp_path / "t")
+    (vdir / match.MATCH).unlink()
+    db = sqlite3.connect(vdir / match.MATCH)  # what format 1 left: its metadata, a file the reader no longer knows
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('format', '1')")
+    db.commit(), db.close()
+    with open_table(str(tmp_path / "t"), cache_dir=tmp_path / "cache") as table:
+        assert spans(table.match("vacuna covid")) == [("vacuna covid", "covid vaccine", 0, 12)]
+        assert table.match_index().directory.is_relative_to(tmp_path / "cache"), "rebuilt into the cache, the old one never read"
+    assert "is a match index of format 1, this bulkinfer reads format 2" in caplog.text
+    assert cli.main(["export", "store", "--table", str(tmp_path / "t")]) == 0
+    with open_table(str(tmp_path / "t"), cache_dir=tmp_path / "cache2") as table:
+        assert table.match_index().directory == vdir and table.match_index().meta["format"] == match.FORMAT
+        assert spans(table.match("vacuna covid")) == [("vacuna covid", "covid vaccine", 0, 12)]
 
 
 def test_label_tables_have_no_match_index(tmp_path):
