@@ -30,7 +30,10 @@ serving the same version share them through the page cache. An exact match is on
 trie lookup and one slice of the claims; a phrase match asks the trie, at each token
 boundary of the query, which items the rest of the query starts with (each character
 is a token boundary in scripts without spaces), keeps those that also end on a
-boundary, then takes the longest first, left to right, without overlap.
+boundary, then takes the longest first, left to right, without overlap. That finds
+what an Aho–Corasick automaton over the items finds (every item with a boundary at both
+ends); a static trie is used because it can be memory-mapped, where pyahocorasick's
+automaton had to be unpickled into process memory (9-13 s and ~0.7 GiB for 1M items).
 """
 
 from __future__ import annotations
