@@ -176,7 +176,17 @@ def test_token_boundaries(text, i, expected):
 
 
 @pytest.mark.parametrize(
-    "text", ["vacuna covid cerca de mí", "car-insurance", "北京新冠疫苗接种点 near", "จองวัคซีนโควิด", "नमस्ते दुनिया", "a_b 1.5"]
+    "text",
+    [
+        "vacuna covid cerca de mí",
+        "car-insurance",
+        "北京新冠疫苗接种点 near",
+        "จองวัคซีนโควิด",
+        "नमस्ते दुनिया",
+        "a_b 1.5",
+        "two  spaces ",
+        " covid jab",
+    ],
 )
 def test_all_boundaries_at_once_agree_with_one_at_a_time(text):
     assert match.boundaries(text) == {i for i in range(len(text) + 1) if match.is_boundary(text, i)}
