@@ -276,11 +276,16 @@ def _claims_json(claims: pa.Table) -> pa.Array:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    def text(literal: str) -> pa.Scalar:
+        return pa.scalar(literal, pa.large_string())
+
     concepts, languages = claims.column("concepts").combine_chunks(), claims.column("languages").combine_chunks()
-    pairs = pc.binary_join_element_wise("[", _json_strings(concepts.flatten()), ",", _json_strings(languages.flatten()), "]", "")
+    pairs = pc.binary_join_element_wise(
+        text("["), _json_strings(concepts.flatten()), text(","), _json_strings(languages.flatten()), text("]"), text("")
+    )
     offsets = pc.subtract(concepts.offsets, concepts.offsets[0])  # flatten() starts at the first list's values
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), ",")
-    return pc.binary_join_element_wise("[", joined, "]", "")
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), text(","))
+    return pc.binary_join_element_wise(text("["), joined, text("]"), text(""))
 
 
 def _json_strings(values: pa.Array) -> pa.Array:
@@ -289,7 +294,8 @@ def _json_strings(values: pa.Array) -> pa.Array:
     import pyarrow.compute as pc
 
     encoded = values.cast(pa.string()).dictionary_encode()
-    literals = pa.array([orjson.dumps(s).decode() for s in encoded.dictionary.to_pylist()], pa.string())
+    # Large strings: the claims of a few tens of millions of items pass 2 GiB of JSON.
+    literals = pa.array([orjson.dumps(s).decode() for s in encoded.dictionary.to_pylist()], pa.large_string())
     return pc.fill_null(literals.take(encoded.indices), "null")
 
 
