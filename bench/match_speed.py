@@ -1,4 +1,4 @@
-"""Match index: build time per 1M items, open time, automaton load, and in-process ``match`` latency.
+"""Match index: build time per 1M items, open time, memory, and in-process ``match`` latency.
 
     python bench/match_speed.py --items 1000000 --queries 20000
 
@@ -6,17 +6,26 @@ Synthetic concepts (``--items / 10`` of them, 10 items each, from a ``--vocab``-
 vocabulary; one item in ten a single word, the rest 2-3 words; the last item of a
 fifth of the concepts copied from another concept, so those are ambiguous) are
 written as one published version; the index is built the way the job builds it at
-publish. Queries are 10 random vocabulary words, upper-cased, with 0-2 items planted
-in them. Latency is ``PredictionTable.match`` per query (key normalisation
-included), p50/p99 over all queries after a warm-up pass, then exact matches.
+publish. One concept in twenty has Chinese items instead (1-2 "words" of 2-4
+characters, written without spaces). Queries are 10 random vocabulary words,
+upper-cased, with 0-2 items planted in them; CJK queries are 10 such words run
+together (~30 characters) with 0-2 Chinese items planted. Latency is
+``PredictionTable.match`` per query (key normalisation included), p50/p99 over all
+queries after a warm-up pass, then exact matches and CJK phrase matches.
 ``--vocab 50000`` is a harsher case: at 1M items nearly every word of a query is an
 item of its own, so each query has a dozen candidate matches.
+
+The build and the opening run in fresh processes: the opening one reports its
+resident memory (VmRSS) after ``import bulkinfer``, after opening the index (and
+mapping whatever the index maps before its first match), and after 1,000 phrase
+matches.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -31,8 +40,16 @@ def _words(rng: random.Random, n: int) -> list[str]:
     return list({"".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(n)})
 
 
+def _cjk_words(rng: random.Random, n: int) -> list[str]:
+    common = [chr(cp) for cp in range(0x4E00, 0x4E00 + 3000)]
+    return list({"".join(rng.choice(common) for _ in range(rng.randint(2, 4))) for _ in range(n)})
+
+
 _CHILD = """
 import json, resource, time
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 def out(**figures):
     figures.update(seconds=time.perf_counter() - started, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(figures))
@@ -50,6 +67,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20_000)
     parser.add_argument("--vocab", type=int, default=200_000)
     args = parser.parse_args()
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -63,8 +81,15 @@ def main() -> None:
     vocab = _words(rng, args.vocab)
     concepts = args.items // 10
     keys = sorted({" ".join(rng.sample(vocab, 2)) for _ in range(concepts)})
-    items = [[" ".join(rng.sample(vocab, 1 if rng.random() < 0.1 else rng.randint(2, 3))) for _ in range(10)] for _ in keys]
-    flat = [item for answer in items for item in answer]
+    cjk_vocab = _cjk_words(rng, 20_000)
+    items = [
+        [" ".join(rng.sample(vocab, 1 if rng.random() < 0.1 else rng.randint(2, 3))) for _ in range(10)]
+        if n % 20
+        else ["".join(rng.sample(cjk_vocab, rng.randint(1, 2))) for _ in range(10)]
+        for n in range(len(keys))
+    ]
+    flat = [item for n, answer in enumerate(items) if n % 20 for item in answer]
+    flat_cjk = [item for n, answer in enumerate(items) if not n % 20 for item in answer]
     for answer in items[: len(items) // 5]:  # some items shared between concepts: ambiguity costs a little
         answer[-1] = rng.choice(flat)
     with tempfile.TemporaryDirectory(prefix="bulkinfer-match-bench-") as tmp:
@@ -93,19 +118,6 @@ def main() -> None:
             "out(items=summary.items)"
         )
         layout.publish(str(root), "v1")
-        loaded_in = _child(
-            "from bulkinfer import open_table\n"
-            "started = time.perf_counter()\n"
-            f"index = open_table({str(root)!r}).match_index()\n"
-            "opened = time.perf_counter() - started\n"
-            "index.load_automaton()\n"
-            "out(opened=opened)"
-        )
-        summary = match.MatchIndex(vdir).meta
-        sizes = {name: (vdir / name).stat().st_size for name in (match.MATCH, match.AUTOMATON, match.CLAIMS)}
-        table = open_table(str(root))
-        table.match_index().load_automaton()
-
         queries = []
         for _ in range(args.queries):
             words = rng.sample(vocab, 10)
@@ -114,6 +126,31 @@ def main() -> None:
                 at = rng.randrange(0, 10)
                 words[at : at + len(planted)] = planted
             queries.append(" ".join(words[:10]).upper())
+        cjk_queries = []
+        for _ in range(args.queries // 4):
+            words = rng.sample(cjk_vocab, 10)
+            for _ in range(rng.randint(0, 2)):
+                words[rng.randrange(0, 10)] = rng.choice(flat_cjk)
+            cjk_queries.append("".join(words))
+        loaded_in = _child(
+            "import bulkinfer.lookup.match\n"
+            "from bulkinfer import open_table\n"
+            "imported = rss_mib()\n"
+            "started = time.perf_counter()\n"
+            f"table = open_table({str(root)!r})\n"
+            "index = table.match_index()\n"
+            "opened = time.perf_counter() - started\n"
+            "index.load_automaton()\n"
+            "loaded = time.perf_counter() - started\n"
+            "after_open = rss_mib()\n"
+            f"for query in {queries[-1000:]!r}:\n"
+            "    table.match(query)\n"
+            "out(opened=opened, loaded=loaded, imported_rss=imported, open_rss=after_open, matched_rss=rss_mib())"
+        )
+        summary = match.MatchIndex(vdir).meta
+        sizes = {path.name: path.stat().st_size for path in sorted(vdir.glob("match.*"))}
+        table = open_table(str(root))
+        table.match_index().load_automaton()
         for query in queries[:1000]:
             table.match(query)
         timings, found = [], 0
@@ -127,8 +164,23 @@ def main() -> None:
             t0 = time.perf_counter_ns()
             table.match(query, exact=True)
             exact.append(time.perf_counter_ns() - t0)
+        cjk, cjk_found = [], 0
+        for query in cjk_queries:
+            t0 = time.perf_counter_ns()
+            got = table.match(query)
+            cjk.append(time.perf_counter_ns() - t0)
+            cjk_found += bool(got["matches"])
+        # The same phrase matches timed in CPU time of this thread: what a match costs when the
+        # process is not preempted (wall-clock tails on a shared machine are mostly waiting for a core).
+        cpu = []
+        for query in queries:
+            t0 = time.thread_time_ns()
+            table.match(query)
+            cpu.append(time.thread_time_ns() - t0)
         q = statistics.quantiles(timings, n=100)
         e = statistics.quantiles(exact, n=100)
+        c = statistics.quantiles(cjk, n=100)
+        u = statistics.quantiles(cpu, n=100)
         items_n = summary["items"]
         print(f"items {items_n:,} (concepts {summary['concepts']:,}, ambiguous {summary['ambiguous_items']:,})")
         build = built["seconds"]
@@ -136,10 +188,10 @@ def main() -> None:
             f"build {build:.1f} s ({build / items_n * 1e6:.1f} s per 1M items); peak RSS of the building process {built['rss_mib']:.0f} MiB"
         )
         print("files: " + ", ".join(f"{name} {size / 2**20:.0f} MiB" for name, size in sizes.items()))
-        loaded = loaded_in["seconds"] - loaded_in["opened"]
         print(
-            f"open_table + open the index {loaded_in['opened'] * 1e3:.0f} ms; automaton load {loaded:.2f} s; "
-            f"peak RSS of that process {loaded_in['rss_mib']:.0f} MiB"
+            f"open_table + open the index {loaded_in['opened'] * 1e3:.0f} ms; ready for the first match (load_automaton) "
+            f"{loaded_in['loaded']:.3f} s after the start; RSS after import {loaded_in['imported_rss']:.0f} MiB, "
+            f"ready {loaded_in['open_rss']:.0f} MiB, after 1,000 phrase matches {loaded_in['matched_rss']:.0f} MiB"
         )
         found_n = sum(len(table.match(query)["matches"]) for query in queries[:2000]) / 2000
         print(f"matches per query (mean of 2,000): {found_n:.1f}")
@@ -147,8 +199,14 @@ def main() -> None:
             f"phrase match, 10-word queries ({len(timings):,}, {found / len(timings):.0%} with a match): "
             f"p50 {q[49] / 1e3:.1f} µs, p90 {q[89] / 1e3:.1f} µs, p99 {q[98] / 1e3:.1f} µs, max {max(timings) / 1e3:.0f} µs"
         )
+        print(f"the same in thread CPU time: p50 {u[49] / 1e3:.1f} µs, p90 {u[89] / 1e3:.1f} µs, p99 {u[98] / 1e3:.1f} µs")
         print(f"exact match: p50 {e[49] / 1e3:.1f} µs, p99 {e[98] / 1e3:.1f} µs")
+        print(
+            f"CJK phrase match, ~30-character queries ({len(cjk):,}, {cjk_found / len(cjk):.0%} with a match): "
+            f"p50 {c[49] / 1e3:.1f} µs, p90 {c[89] / 1e3:.1f} µs, p99 {c[98] / 1e3:.1f} µs"
+        )
         table.close()
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     match.add_argument("queries", nargs="*", help="queries to match; none: read one per line from stdin")
     export = commands.add_parser("export", help="export a version for lookups: an embedded store file, or Redis")
     targets = export.add_subparsers(dest="target", required=True)
-    export_store = targets.add_parser("store", help="write versions/<version>/store.sqlite (versions published before stores existed)")
+    export_store = targets.add_parser(
+        "store",
+        help="write versions/<version>/store.sqlite and, for list tasks, its match index (versions published before either existed)",
+    )
     export_store.add_argument("--table", required=True, help="table directory")
     export_store.add_argument("--version", default=None, help="a version name (default: the published one)")
     export_redis = targets.add_parser("redis", help="write a version to Redis under its own namespace, then flip the pointer")
@@ -321,14 +324,27 @@ def _export_training(args: argparse.Namespace) -> int:
 
 def _export_store(args: argparse.Namespace) -> int:
     from bulkinfer.format import layout
-    from bulkinfer.lookup import store
+    from bulkinfer.lookup import match, store
 
     if args.version is None and layout.read_current(args.table) is None:
         raise TableError(f"{args.table} has no published version (no {layout.CURRENT} file); give --version")
     version, _ = layout.resolve_version(args.table, args.version)
     started = time.perf_counter()
     path = store.write_store(args.table, version)
-    print(json.dumps({"table": args.table, "version": version, "store": path, "seconds": round(time.perf_counter() - started, 3)}))
+    # Also replaces a match index of an older format, which readers pass over (and rebuild into their cache).
+    summary = match.write_match_index(args.table, version)
+    items = None if summary is None else summary.items
+    print(
+        json.dumps(
+            {
+                "table": args.table,
+                "version": version,
+                "store": path,
+                "match_items": items,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+    )
     return 0
 
 

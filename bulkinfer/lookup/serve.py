@@ -465,8 +465,8 @@ class LookupApp:
 
 
 def _open_for_serving(location: str, version: str | None, cache_dir: str | None) -> PredictionTable:
-    """Opens a version and, for list tasks, its match index with the phrase automaton: loading
-    it is seconds for millions of items, so it happens here, off the event loop, not on a request."""
+    """Opens a version and, for list tasks, maps its match index (the trie and the claims: no
+    reads), so a missing or damaged index fails here, off the event loop, not on a request."""
     table = open_table(location, version, cache_dir)
     if table.manifest.get("output_kind") == "list":
         try:

@@ -1,6 +1,8 @@
 """The match index: exact, phrase (token boundaries, longest first), CJK/Thai, ambiguity; the CLI, Python and job surfaces."""
 
 import json
+import sqlite3
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,21 +142,72 @@ def test_items_are_normalised_and_deduplicated_per_concept():
     assert match.collect_claims(rows, "synonyms") == [("k", [("k", "de")]), ("strasse", [("k", "de")])]
 
 
+def test_claims_of_repeated_keys_short_language_lists_and_missing_answers():
+    rows = pa.table(
+        {
+            "key": ["k", "k", "j"],  # one concept in two rows (two languages), as a fan-out writes it
+            "language": ["en", "de", "en"],
+            "synonyms": pa.array([["A", "b"], None, ["b", "c", ""]], pa.list_(pa.string())),
+            match.ITEM_LANGUAGES: pa.array([["fr"], None, None], pa.list_(pa.string())),
+        }
+    )
+    assert match.collect_claims(rows, "synonyms") == [
+        ("a", [("k", "fr")]),
+        ("b", [("j", "en"), ("k", "en")]),  # "b" is first in j's answer, second in k's; k's list names no language for it
+        ("c", [("j", "en")]),
+        ("j", [("j", "en")]),
+        ("k", [("k", "en")]),  # a concept claims an item once: its first row
+    ]
+    assert match.match_summary(rows, "synonyms") == {
+        "items": 5,
+        "concepts": 2,
+        "ambiguous_items": 1,
+        "ambiguous_examples": [{"item": "b", "concepts": ["j", "k"]}],
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "i", "expected"),
     [("ab cd", 2, True), ("abcd", 2, False), ("a-b", 1, True), ("新冠", 1, True), ("नमस्ते", 2, False), ("x", 0, True), ("x", 1, True)],
 )
 def test_token_boundaries(text, i, expected):
     assert match.is_boundary(text, i) is expected
+    assert (i in match.boundaries(text)) is expected
 
 
-def test_opening_reads_metadata_only_and_the_automaton_on_the_first_phrase_match(tmp_path):
-    write_table(tmp_path)
-    index = match.MatchIndex(tmp_path / "versions" / "v1")
-    assert index._automaton is None and len(index) == 20
-    assert index.exact("roma")[0]["concept"] == "rome" and index._automaton is None
-    assert index.phrases("roma antica")[0]["concept"] == "rome" and index._automaton is not None
+@pytest.mark.parametrize(
+    "text",
+    [
+        "vacuna covid cerca de mí",
+        "car-insurance",
+        "北京新冠疫苗接种点 near",
+        "จองวัคซีนโควิด",
+        "नमस्ते दुनिया",
+        "a_b 1.5",
+        "two  spaces ",
+        " covid jab",
+    ],
+)
+def test_all_boundaries_at_once_agree_with_one_at_a_time(text):
+    assert match.boundaries(text) == {i for i in range(len(text) + 1) if match.is_boundary(text, i)}
+
+
+def mapped_files():
+    """Paths this process has memory-mapped (Linux)."""
+    return {line.split(maxsplit=5)[5] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split(maxsplit=5)) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the memory maps of the process from /proc")
+def test_opening_reads_metadata_only_and_the_first_match_maps_the_trie_and_claims(tmp_path):
+    vdir = write_table(tmp_path)
+    files = {str((vdir / name).resolve()) for name in (match.AUTOMATON, match.CLAIMS)}
+    index = match.MatchIndex(vdir)
+    assert len(index) == 20 and not files & mapped_files(), "opening maps nothing"
+    assert index.exact("roma")[0]["concept"] == "rome"
+    assert files <= mapped_files(), "the trie and the claims are memory-mapped, not read into the process"
+    assert index.phrases("roma antica")[0]["concept"] == "rome"
     index.close()
+    assert not files & mapped_files(), "closing unmaps them"
 
 
 def test_a_version_without_an_index_gets_one_built_once_in_the_cache(tmp_path):
@@ -173,6 +226,23 @@ def test_a_stale_automaton_is_refused(tmp_path):
     (vdir / match.AUTOMATON).write_bytes(b"not the automaton")
     with open_table(str(tmp_path)) as table, pytest.raises(TableError, match="rebuild the version's match index"):
         table.match("covid jab")
+
+
+def test_an_index_of_an_older_format_is_passed_over_then_rewritten_by_export_store(tmp_path, caplog):
+    vdir = write_table(tmp_path / "t")
+    (vdir / match.MATCH).unlink()
+    db = sqlite3.connect(vdir / match.MATCH)  # what format 1 left: its metadata, a file the reader no longer knows
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('format', '1')")
+    db.commit(), db.close()
+    with open_table(str(tmp_path / "t"), cache_dir=tmp_path / "cache") as table:
+        assert spans(table.match("vacuna covid")) == [("vacuna covid", "covid vaccine", 0, 12)]
+        assert table.match_index().directory.is_relative_to(tmp_path / "cache"), "rebuilt into the cache, the old one never read"
+    assert "is a match index of format 1, this bulkinfer reads format 2" in caplog.text
+    assert cli.main(["export", "store", "--table", str(tmp_path / "t")]) == 0
+    with open_table(str(tmp_path / "t"), cache_dir=tmp_path / "cache2") as table:
+        assert table.match_index().directory == vdir and table.match_index().meta["format"] == match.FORMAT
+        assert spans(table.match("vacuna covid")) == [("vacuna covid", "covid vaccine", 0, 12)]
 
 
 def test_label_tables_have_no_match_index(tmp_path):
