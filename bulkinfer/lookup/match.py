@@ -82,6 +82,7 @@ _MAX_ITEMS = (1 << 32) - 1
 """A MARISA trie numbers its keys with 32-bit ids."""
 
 _AMBIGUOUS_EXAMPLES = 5
+_EXAMPLE_CONCEPTS = 10  # a generic item ("cheap") may be claimed by millions of concepts: the manifest names the first few
 _LOG = logging.getLogger(__name__)
 
 # Scripts written without spaces between words: any character boundary is a token boundary.
@@ -133,8 +134,9 @@ class MatchSummary:
     """Concept keys with at least one item."""
     ambiguous_items: int
     """Items claimed by more than one concept."""
-    ambiguous_examples: tuple[tuple[str, tuple[str, ...]], ...]
-    """Up to five ambiguous items with their concepts in rank order (most concepts first, then by item)."""
+    ambiguous_examples: tuple[tuple[str, tuple[str, ...], int], ...]
+    """Up to five ambiguous items (most concepts first, then by item), each with its first ten
+    concepts in rank order and how many concepts claim it."""
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``match`` section."""
@@ -142,7 +144,10 @@ class MatchSummary:
             "items": self.items,
             "concepts": self.concepts,
             "ambiguous_items": self.ambiguous_items,
-            "ambiguous_examples": [{"item": item, "concepts": list(concepts)} for item, concepts in self.ambiguous_examples],
+            "ambiguous_examples": [
+                {"item": item, "concepts": list(concepts), "claimed_by": claimed_by}
+                for item, concepts, claimed_by in self.ambiguous_examples
+            ],
         }
 
 
@@ -302,7 +307,8 @@ def _json_strings(values: pa.Array) -> pa.Array:
 def summarise_claims(claims: list[tuple[str, list[tuple[str, str | None]]]]) -> MatchSummary:
     """Counts items, concepts and ambiguous items of :func:`collect_claims`' result."""
     ambiguous = [(item, tuple(c for c, _ in ranked)) for item, ranked in claims if len(ranked) > 1]
-    examples = sorted(ambiguous, key=lambda a: (-len(a[1]), a[0]))[:_AMBIGUOUS_EXAMPLES]
+    top = sorted(ambiguous, key=lambda a: (-len(a[1]), a[0]))[:_AMBIGUOUS_EXAMPLES]
+    examples = [(item, names[:_EXAMPLE_CONCEPTS], len(names)) for item, names in top]
     concepts = {c for _, ranked in claims for c, _ in ranked}
     return MatchSummary(items=len(claims), concepts=len(concepts), ambiguous_items=len(ambiguous), ambiguous_examples=tuple(examples))
 
@@ -321,7 +327,7 @@ def _summarise_table(claims: pa.Table) -> MatchSummary:
         concepts=len(pc.unique(pc.list_flatten(concepts))) if claims.num_rows else 0,
         ambiguous_items=ambiguous.num_rows,
         ambiguous_examples=tuple(
-            (item, tuple(names))
+            (item, tuple(names[:_EXAMPLE_CONCEPTS]), len(names))
             for item, names in zip(examples.column("item").to_pylist(), examples.column("concepts").to_pylist(), strict=True)
         ),
     )

@@ -123,8 +123,8 @@ def test_an_item_several_concepts_claim_returns_all_of_them_ranked(table):
     summary = table.match_index().meta
     assert summary["ambiguous_items"] == 2
     assert summary["ambiguous_examples"] == [
-        {"item": "covid jab", "concepts": ["covid vaccine", "vaccine"]},
-        {"item": "flights", "concepts": ["flights", "cheap flights"]},
+        {"item": "covid jab", "concepts": ["covid vaccine", "vaccine"], "claimed_by": 2},
+        {"item": "flights", "concepts": ["flights", "cheap flights"], "claimed_by": 2},
     ]
 
 
@@ -135,6 +135,19 @@ def test_ranking_prefers_the_earlier_item_of_an_answer():
     assert claims["a"] == [("a", None)] and set(claims) == {"a", "b", "c", "x", "y", "z", "shared"}
     summary = match.summarise_claims(list(claims.items()))
     assert (summary.items, summary.concepts, summary.ambiguous_items) == (7, 3, 1)
+
+
+def test_an_item_claimed_by_thousands_of_concepts_names_ten_of_them_in_the_manifest():
+    # A generic item ("car insurance" in every answer) must not put every concept key into the manifest.
+    n = 5000
+    rows = pa.table({"key": [f"concept {i:04d}" for i in range(n)], "synonyms": [["car insurance", f"own {i}"] for i in range(n)]})
+    summary = match.match_summary(rows, "synonyms")
+    assert (summary["items"], summary["concepts"], summary["ambiguous_items"]) == (2 * n + 1, n, 1)
+    assert summary["ambiguous_examples"] == [
+        {"item": "car insurance", "concepts": [f"concept {i:04d}" for i in range(10)], "claimed_by": n}
+    ]
+    claims = match.collect_claims(rows, "synonyms")
+    assert match.summarise_claims(claims).to_dict() == summary
 
 
 def test_items_are_normalised_and_deduplicated_per_concept():
@@ -162,7 +175,7 @@ def test_claims_of_repeated_keys_short_language_lists_and_missing_answers():
         "items": 5,
         "concepts": 2,
         "ambiguous_items": 1,
-        "ambiguous_examples": [{"item": "b", "concepts": ["j", "k"]}],
+        "ambiguous_examples": [{"item": "b", "concepts": ["j", "k"], "claimed_by": 2}],
     }
 
 
@@ -268,7 +281,7 @@ def test_the_job_publishes_the_index_and_reports_ambiguity(tmp_path):
         "items": 7,
         "concepts": 3,
         "ambiguous_items": 1,
-        "ambiguous_examples": [{"item": "covid jab", "concepts": ["covid vaccine", "vaccine"]}],
+        "ambiguous_examples": [{"item": "covid jab", "concepts": ["covid vaccine", "vaccine"], "claimed_by": 2}],
     }
     with open_table(str(tmp_path / "t"), cache_dir=tmp_path / "cache") as table:
         assert table.match_index().directory == tmp_path / "t" / "versions" / "r1", "the version's own index, nothing built"
