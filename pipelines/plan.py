@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
 from bulkinfer.errors import ConfigError, InputError, TableError
 from bulkinfer.format import fs, layout
@@ -39,7 +40,7 @@ class TablePlan:
     fields: list[str]
     """Corpus columns the prompt template reads besides the query, sorted."""
     input: str
-    """The Parquet file pattern to read."""
+    """The Parquet file pattern to read (absolute when local: workers may run in another directory)."""
     rows_in: int
     """Rows in the corpus (from the Parquet footers): what the row accounting must add up to."""
     engine: EngineConfig
@@ -47,7 +48,7 @@ class TablePlan:
     provenance: Provenance
     """The provenance columns of every row of the new version."""
     output: str
-    """The table directory (``OUTPUT`` or ``OUTPUT/<adapter>``)."""
+    """The table directory (``OUTPUT`` or ``OUTPUT/<adapter>``; absolute when local: workers may run in another directory)."""
     vdir: str
     """The new version's directory."""
     adapter: Adapter | None = None
@@ -93,6 +94,9 @@ def plan_tables(job: CacheJobOptions, real_engine: bool) -> list[TablePlan]:
         raise ConfigError(f"--output {job.output} and --input {job.input} overlap; write the table somewhere else")
     fields = sorted(task.template.fields())
     input_pattern, rows_in = inspect_input(job.input, job.query_column, fields, job.language_column)
+    # SDK worker processes (a worker pool, a Flink or Spark task manager) need not share the
+    # launcher's working directory: a relative path would name another place there.
+    input_pattern, table = _absolute(input_pattern), _absolute(job.output)
     detector = _language_detector(job, task)
     run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not layout.valid_version(run_id):
@@ -121,7 +125,7 @@ def plan_tables(job: CacheJobOptions, real_engine: bool) -> list[TablePlan]:
     engine_name = engine_version()
     plans = []
     for adapter in adapters or [None]:
-        output = fs.join(job.output, adapter.name) if len(adapters) > 1 and adapter else job.output
+        output = fs.join(table, adapter.name) if len(adapters) > 1 and adapter else table
         adapter_digest = adapter.digest if adapter else ""
         # The adapter's content is part of the task's identity: a retrained adapter is a new task version.
         task_fingerprint = fingerprint(task.fingerprint(), adapter_digest) if adapter else task.fingerprint()
@@ -173,11 +177,15 @@ def runner_options(argv: list[str] | None, job: CacheJobOptions) -> PipelineOpti
     ``--engines_per_gpu N`` on the in-process DirectRunner means N worker processes,
     one engine each. Other runners start one engine per SDK worker process; give
     them N processes per GPU machine with their own flags (see README, "Throughput").
+    A portable runner's job service, and with ``--job_endpoint embed`` its SDK worker
+    pool, must answer before any work starts (:func:`check_runner`).
 
     Raises:
-        ConfigError: ``--direct_num_workers`` or ``--direct_running_mode`` contradict ``--engines_per_gpu``.
+        ConfigError: ``--direct_num_workers`` or ``--direct_running_mode`` contradict
+            ``--engines_per_gpu``, or the job service or worker pool cannot be reached.
     """
     options = PipelineOptions(argv)
+    check_runner(options)
     if job.engines_per_gpu == 1:
         return options
     runner = options.view_as(StandardOptions).runner
@@ -190,6 +198,64 @@ def runner_options(argv: list[str] | None, job: CacheJobOptions) -> PipelineOpti
             f"--direct_num_workers is {direct.direct_num_workers} and --direct_running_mode {direct.direct_running_mode}; leave them unset"
         )
     return PipelineOptions(argv, direct_num_workers=job.engines_per_gpu, direct_running_mode="multi_processing")
+
+
+REACH_TIMEOUT_S = 5.0
+"""How long :func:`check_runner` waits for a job service or worker pool to accept a connection."""
+
+
+def check_runner(options: PipelineOptions, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """A portable job's job service, and the SDK worker pool this process will call, must answer.
+
+    Beam itself reports neither well: a job service that is not there fails after its
+    ``--job_server_timeout`` (300 s) with a gRPC traceback, and an unreachable worker
+    pool fails the job with one. Checked here, before any work: ``--job_endpoint``
+    (unless ``embed``, the job service in this process) and, with ``embed``, the
+    ``EXTERNAL`` worker pool (``--environment_config`` or ``external_service_address``),
+    which this process calls to start the workers. A remote job service's workers are
+    started by its cluster, where this process cannot see them: not checked.
+
+    Raises:
+        ConfigError: naming the endpoint, what failed and what to start.
+    """
+    portable = options.view_as(PortableOptions)
+    endpoint = portable.job_endpoint
+    if endpoint and endpoint != "embed":
+        failure = _unreachable(endpoint, timeout_s)
+        if failure:
+            raise ConfigError(
+                f"--job_endpoint {endpoint}: no Beam job service answers there ({failure}); start the runner's job server "
+                f"(Flink's or Spark's beam job server) or give --job_endpoint embed to run the job service in this process"
+            )
+    if endpoint == "embed" and (portable.environment_type or "").upper() == "EXTERNAL":
+        pool = portable.lookup_environment_option("external_service_address") or portable.environment_config
+        if not pool:
+            raise ConfigError("--environment_type EXTERNAL needs the SDK worker pool's address: --environment_config HOST:PORT")
+        failure = _unreachable(pool, timeout_s)
+        if failure:
+            port = pool.rpartition(":")[2] or "PORT"
+            raise ConfigError(
+                f"--environment_config {pool}: no SDK worker pool answers there ({failure}); start one with `python -m "
+                f"apache_beam.runners.worker.worker_pool_main --service_port {port}`, with this environment's bin directory "
+                f"first on PATH (the pool starts workers with the `python` it finds there)"
+            )
+
+
+def _unreachable(address: str, timeout_s: float) -> str | None:
+    """Why nothing accepts a TCP connection at ``HOST:PORT``, or None when something does."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return f"not HOST:PORT, got {address!r}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (against this process's working directory); a remote one as it is."""
+    return path if fs.is_remote(path) else os.path.abspath(path)
 
 
 def _check_chat_template(given: str, resolved: str, task_flag: str) -> None:
