@@ -190,6 +190,12 @@ def runner_options(argv: list[str] | None, job: CacheJobOptions) -> PipelineOpti
         return options
     runner = options.view_as(StandardOptions).runner
     direct = options.view_as(DirectOptions)
+    if options.view_as(PortableOptions).job_endpoint == "embed":
+        # Measured: Beam's embedded job service asks the pool for one worker per job, whatever --direct_num_workers says.
+        raise ConfigError(
+            f"--engines_per_gpu {job.engines_per_gpu} needs that many worker processes, but --job_endpoint embed runs one; "
+            f"on one machine use the DirectRunner (no --runner), on a cluster its job server with --sdk_worker_parallelism"
+        )
     if runner not in (None, "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner"):
         return options
     if direct.direct_num_workers not in (None, 1, job.engines_per_gpu) or direct.direct_running_mode == "multi_threading":

@@ -180,3 +180,11 @@ def test_relative_paths_are_made_absolute_for_the_workers(tmp_path, monkeypatch)
     (plan,) = plan_tables(job, real_engine=False)
     assert plan.input == str(tmp_path / "queries.parquet")
     assert plan.output == str(tmp_path / "table") and plan.vdir.startswith(str(tmp_path / "table") + os.sep)
+
+
+def test_engines_per_gpu_on_the_embedded_job_service_is_refused(tmp_path):
+    """Beam's embedded job service starts one worker per job: N engines cannot be had that way."""
+    corpus = write_corpus(tmp_path / "queries.parquet", ["cheap flights"])
+    argv = ["--task", "synonyms", "--input", str(corpus), "--output", str(tmp_path / "table"), "--model", "fake-model"]
+    with pytest.raises(ConfigError, match="--engines_per_gpu 2 needs that many worker processes, but --job_endpoint embed runs one"):
+        run([*argv, "--runner", "PortableRunner", "--job_endpoint", "embed", "--engines_per_gpu", "2"], model_handler=FakeHandler())
