@@ -7,6 +7,7 @@ output table, the engine handler for it, and the runner options it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -40,7 +41,7 @@ class TablePlan:
     fields: list[str]
     """Corpus columns the prompt template reads besides the query, sorted."""
     input: str
-    """The Parquet file pattern to read (absolute when local: workers may run in another directory)."""
+    """The Parquet file pattern to read."""
     rows_in: int
     """Rows in the corpus (from the Parquet footers): what the row accounting must add up to."""
     engine: EngineConfig
@@ -48,7 +49,7 @@ class TablePlan:
     provenance: Provenance
     """The provenance columns of every row of the new version."""
     output: str
-    """The table directory (``OUTPUT`` or ``OUTPUT/<adapter>``; absolute when local: workers may run in another directory)."""
+    """The table directory (``OUTPUT`` or ``OUTPUT/<adapter>``)."""
     vdir: str
     """The new version's directory."""
     adapter: Adapter | None = None
@@ -94,9 +95,6 @@ def plan_tables(job: CacheJobOptions, real_engine: bool) -> list[TablePlan]:
         raise ConfigError(f"--output {job.output} and --input {job.input} overlap; write the table somewhere else")
     fields = sorted(task.template.fields())
     input_pattern, rows_in = inspect_input(job.input, job.query_column, fields, job.language_column)
-    # SDK worker processes (a worker pool, a Flink or Spark task manager) need not share the
-    # launcher's working directory: a relative path would name another place there.
-    input_pattern, table = _absolute(input_pattern), _absolute(job.output)
     detector = _language_detector(job, task)
     run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not layout.valid_version(run_id):
@@ -125,7 +123,7 @@ def plan_tables(job: CacheJobOptions, real_engine: bool) -> list[TablePlan]:
     engine_name = engine_version()
     plans = []
     for adapter in adapters or [None]:
-        output = fs.join(table, adapter.name) if len(adapters) > 1 and adapter else table
+        output = fs.join(job.output, adapter.name) if len(adapters) > 1 and adapter else job.output
         adapter_digest = adapter.digest if adapter else ""
         # The adapter's content is part of the task's identity: a retrained adapter is a new task version.
         task_fingerprint = fingerprint(task.fingerprint(), adapter_digest) if adapter else task.fingerprint()
@@ -257,6 +255,17 @@ def _unreachable(address: str, timeout_s: float) -> str | None:
             return None
     except OSError as e:
         return e.strerror or str(e) or type(e).__name__
+
+
+def for_workers(plan: TablePlan) -> TablePlan:
+    """The plan with its local paths made absolute, for the pipeline's stages.
+
+    SDK worker processes (a worker pool, a Flink or Spark task manager) need not share
+    the launcher's working directory, where a relative path would name another place.
+    The plan itself keeps the paths as given: they name the table in summaries,
+    metrics and reports.
+    """
+    return dataclasses.replace(plan, input=_absolute(plan.input), output=_absolute(plan.output), vdir=_absolute(plan.vdir))
 
 
 def _absolute(path: str) -> str:

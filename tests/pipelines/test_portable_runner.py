@@ -10,8 +10,8 @@ runs the real one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -166,20 +166,21 @@ def test_worker_pool_stops_with_its_workers(tmp_path):
 
 
 def test_relative_paths_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
-    """A worker does not share the launcher's working directory: the plan names paths it can reach."""
+    """A worker does not share the launcher's working directory: the stages get paths it can reach."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from bulkinfer.pipelines.cache_job import CacheJobOptions
-    from bulkinfer.pipelines.plan import plan_tables
+    from bulkinfer.pipelines.plan import for_workers, plan_tables
 
     write_corpus(tmp_path / "queries.parquet", ["cheap flights"])
     monkeypatch.chdir(tmp_path)
-    job = PipelineOptions(["--task", "synonyms", "--input", "queries.parquet", "--output", "table", "--model", "m"]).view_as(
-        CacheJobOptions
-    )
-    (plan,) = plan_tables(job, real_engine=False)
-    assert plan.input == str(tmp_path / "queries.parquet")
-    assert plan.output == str(tmp_path / "table") and plan.vdir.startswith(str(tmp_path / "table") + os.sep)
+    argv = ["--task", "synonyms", "--input", "queries.parquet", "--output", "table", "--model", "m", "--run_id", "r1"]
+    (plan,) = plan_tables(PipelineOptions(argv).view_as(CacheJobOptions), real_engine=False)
+    assert plan.output == "table", "the table keeps the name it was given (summaries, metrics, reports)"
+    staged = for_workers(plan)
+    assert staged.input == str(tmp_path / "queries.parquet")
+    assert (staged.output, staged.vdir) == (str(tmp_path / "table"), str(tmp_path / "table" / "versions" / "r1"))
+    assert for_workers(dataclasses.replace(plan, output="gs://b/t")).output == "gs://b/t"
 
 
 def test_engines_per_gpu_on_the_embedded_job_service_is_refused(tmp_path):
