@@ -109,7 +109,15 @@ def beam_worker_pool(
     command = [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"]
     with log.open("wb") as out:
         # A session of its own: the pool's workers and their engine processes are stopped with it.
-        pool = subprocess.Popen(command, cwd=workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        pool = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:
@@ -126,6 +134,14 @@ def beam_worker_pool(
         yield WorkerPool(f"localhost:{port}", pool.pid, log)
     finally:
         _stop_group(pool, stop_timeout_s)
+
+
+def _die_with_parent() -> None:
+    """In the child before it runs: SIGTERM when the process that started it dies, even by a kill that skips its cleanup."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _stop_group(process: subprocess.Popen, timeout_s: float) -> None:

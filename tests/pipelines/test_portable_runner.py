@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -189,3 +191,19 @@ def test_engines_per_gpu_on_the_embedded_job_service_is_refused(tmp_path):
     argv = ["--task", "synonyms", "--input", str(corpus), "--output", str(tmp_path / "table"), "--model", "fake-model"]
     with pytest.raises(ConfigError, match="--engines_per_gpu 2 needs that many worker processes, but --job_endpoint embed runs one"):
         run([*argv, "--runner", "PortableRunner", "--job_endpoint", "embed", "--engines_per_gpu", "2"], model_handler=FakeHandler())
+
+
+def test_worker_pool_dies_with_a_killed_test_run(tmp_path):
+    """A test run killed outright (no fixture teardown) leaves no worker pool behind."""
+    script = "import sys, time\nfrom bulkinfer.testing import beam_worker_pool\n"
+    script += "with beam_worker_pool(sys.argv[1]) as pool:\n    print(pool.pid, flush=True)\n    time.sleep(300)\n"
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        pool_pid = int(holder.stdout.readline())
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 20
+    while group_members(pool_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert group_members(pool_pid) == []
