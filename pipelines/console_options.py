@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
 DRY_RUN_FLAG = "--dry_run"
 """``bulkinfer run --dry_run``: read by the command line itself (Beam's TestOptions own a ``--dry_run`` that takes a value)."""
@@ -49,6 +49,14 @@ class ConsoleOptions(PipelineOptions):
 
 
 def counts_locally(options: PipelineOptions) -> bool:
-    """Whether the runner's workers share this host (the in-process DirectRunner): only then can
-    their progress counter files (a local directory) be read by the command line."""
-    return options.view_as(StandardOptions).runner in (None, "DirectRunner", "FnApiRunner")
+    """Whether the runner's workers share this host, so that their progress counter files (a
+    local directory) can be read by the command line: the in-process DirectRunner, and a
+    PortableRunner whose job service runs here (``--job_endpoint embed``) on an SDK worker
+    pool on this machine (``--environment_type EXTERNAL --environment_config localhost:PORT``)."""
+    if options.view_as(StandardOptions).runner in (None, "DirectRunner", "FnApiRunner"):
+        return True
+    portable = options.view_as(PortableOptions)
+    if portable.job_endpoint != "embed" or (portable.environment_type or "").upper() != "EXTERNAL":
+        return False
+    pool = portable.lookup_environment_option("external_service_address") or portable.environment_config or ""
+    return pool.rpartition(":")[0].strip("[]") in ("localhost", "127.0.0.1", "::1")

@@ -7,8 +7,10 @@ output table, the engine handler for it, and the runner options it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
 from bulkinfer.errors import ConfigError, InputError, TableError
 from bulkinfer.format import fs, layout
@@ -173,15 +175,25 @@ def runner_options(argv: list[str] | None, job: CacheJobOptions) -> PipelineOpti
     ``--engines_per_gpu N`` on the in-process DirectRunner means N worker processes,
     one engine each. Other runners start one engine per SDK worker process; give
     them N processes per GPU machine with their own flags (see README, "Throughput").
+    A portable runner's job service, and with ``--job_endpoint embed`` its SDK worker
+    pool, must answer before any work starts (:func:`check_runner`).
 
     Raises:
-        ConfigError: ``--direct_num_workers`` or ``--direct_running_mode`` contradict ``--engines_per_gpu``.
+        ConfigError: ``--direct_num_workers`` or ``--direct_running_mode`` contradict
+            ``--engines_per_gpu``, or the job service or worker pool cannot be reached.
     """
     options = PipelineOptions(argv)
+    check_runner(options)
     if job.engines_per_gpu == 1:
         return options
     runner = options.view_as(StandardOptions).runner
     direct = options.view_as(DirectOptions)
+    if options.view_as(PortableOptions).job_endpoint == "embed":
+        # Measured: Beam's embedded job service asks the pool for one worker per job, whatever --direct_num_workers says.
+        raise ConfigError(
+            f"--engines_per_gpu {job.engines_per_gpu} needs that many worker processes, but --job_endpoint embed runs one; "
+            f"on one machine use the DirectRunner (no --runner), on a cluster its job server with --sdk_worker_parallelism"
+        )
     if runner not in (None, "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner"):
         return options
     if direct.direct_num_workers not in (None, 1, job.engines_per_gpu) or direct.direct_running_mode == "multi_threading":
@@ -190,6 +202,75 @@ def runner_options(argv: list[str] | None, job: CacheJobOptions) -> PipelineOpti
             f"--direct_num_workers is {direct.direct_num_workers} and --direct_running_mode {direct.direct_running_mode}; leave them unset"
         )
     return PipelineOptions(argv, direct_num_workers=job.engines_per_gpu, direct_running_mode="multi_processing")
+
+
+REACH_TIMEOUT_S = 5.0
+"""How long :func:`check_runner` waits for a job service or worker pool to accept a connection."""
+
+
+def check_runner(options: PipelineOptions, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """A portable job's job service, and the SDK worker pool this process will call, must answer.
+
+    Beam itself reports neither well: a job service that is not there fails after its
+    ``--job_server_timeout`` (300 s) with a gRPC traceback, and an unreachable worker
+    pool fails the job with one. Checked here, before any work: ``--job_endpoint``
+    (unless ``embed``, the job service in this process) and, with ``embed``, the
+    ``EXTERNAL`` worker pool (``--environment_config`` or ``external_service_address``),
+    which this process calls to start the workers. A remote job service's workers are
+    started by its cluster, where this process cannot see them: not checked.
+
+    Raises:
+        ConfigError: naming the endpoint, what failed and what to start.
+    """
+    portable = options.view_as(PortableOptions)
+    endpoint = portable.job_endpoint
+    if endpoint and endpoint != "embed":
+        failure = _unreachable(endpoint, timeout_s)
+        if failure:
+            raise ConfigError(
+                f"--job_endpoint {endpoint}: no Beam job service answers there ({failure}); start the runner's job server "
+                f"(Flink's or Spark's beam job server) or give --job_endpoint embed to run the job service in this process"
+            )
+    if endpoint == "embed" and (portable.environment_type or "").upper() == "EXTERNAL":
+        pool = portable.lookup_environment_option("external_service_address") or portable.environment_config
+        if not pool:
+            raise ConfigError("--environment_type EXTERNAL needs the SDK worker pool's address: --environment_config HOST:PORT")
+        failure = _unreachable(pool, timeout_s)
+        if failure:
+            port = pool.rpartition(":")[2] or "PORT"
+            raise ConfigError(
+                f"--environment_config {pool}: no SDK worker pool answers there ({failure}); start one with `python -m "
+                f"apache_beam.runners.worker.worker_pool_main --service_port {port}`, with this environment's bin directory "
+                f"first on PATH (the pool starts workers with the `python` it finds there)"
+            )
+
+
+def _unreachable(address: str, timeout_s: float) -> str | None:
+    """Why nothing accepts a TCP connection at ``HOST:PORT``, or None when something does."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return f"not HOST:PORT, got {address!r}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
+def for_workers(plan: TablePlan) -> TablePlan:
+    """The plan with its local paths made absolute, for the pipeline's stages.
+
+    SDK worker processes (a worker pool, a Flink or Spark task manager) need not share
+    the launcher's working directory, where a relative path would name another place.
+    The plan itself keeps the paths as given: they name the table in summaries,
+    metrics and reports.
+    """
+    return dataclasses.replace(plan, input=_absolute(plan.input), output=_absolute(plan.output), vdir=_absolute(plan.vdir))
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (against this process's working directory); a remote one as it is."""
+    return path if fs.is_remote(path) else os.path.abspath(path)
 
 
 def _check_chat_template(given: str, resolved: str, task_flag: str) -> None:

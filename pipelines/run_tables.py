@@ -22,7 +22,7 @@ from bulkinfer.format import layout
 from bulkinfer.format.lock import TableLock
 from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoints, publish_version
 from bulkinfer.models.vllm_handler import release_shared_engine
-from bulkinfer.pipelines.plan import TablePlan, make_handler
+from bulkinfer.pipelines.plan import TablePlan, for_workers, make_handler
 from bulkinfer.pipelines.run_record import record_run
 from bulkinfer.pipelines.summary import summarise
 
@@ -109,9 +109,10 @@ def _run_table(
             return _already_published(plan, published[1])
         clear_leftovers(plan.vdir)
         attach_log(plan.vdir)
-        reuse_from = None if job.full or previous is None else layout.version_dir(output, previous)
+        staged = for_workers(plan)
+        reuse_from = None if job.full or previous is None else layout.version_dir(staged.output, previous)
         pipeline = test_pipeline or beam.Pipeline(options=options)
-        build(pipeline, job, plan, handler, reuse_from, progress_dir)
+        build(pipeline, job, staged, handler, reuse_from, progress_dir)
         result = pipeline.run()
         result.wait_until_finish()
         manifest = summarise(plan, job, result, started, previous)

@@ -170,6 +170,32 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(str(e))
 
 
+@pytest.fixture(scope="session")
+def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Beam SDK worker pool on a free loopback port, for jobs on the PortableRunner; stopped after the session.
+
+    Its workers are separate processes started with this environment's ``python``, in a
+    working directory of their own (not the tests'), with the repository on their
+    ``PYTHONPATH`` so that they can load the tests' fake handlers. Stopping it stops its
+    workers and their engine processes too (one process group).
+    """
+    from bulkinfer.testing import beam_worker_pool
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        # The pool gives its workers a stdout pipe it never reads: vLLM's log (stdout by default) would fill it and block.
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+    }
+    with beam_worker_pool(tmp_path_factory.mktemp("worker-pool"), env=env) as pool:
+        yield pool
+
+
+def portable_flags(pool: Any) -> list[str]:
+    """The Beam flags that run a job on the PortableRunner, its job service in this process, its workers from ``pool``."""
+    return ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "EXTERNAL", "--environment_config", pool.address]
+
+
 def task_allowing_failures(directory: Path, name: str) -> str:
     """A copy of a built-in task spec with ``gates.max_failed_rate: 1.0``; returns its path.
 

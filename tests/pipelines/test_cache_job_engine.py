@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from bulkinfer.cli import main
 from bulkinfer.lookup.table import open_table
 from bulkinfer.pipelines.cache_job import run
-from tests.conftest import ungated_task, write_corpus
+from tests.conftest import portable_flags, ungated_task, write_corpus
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("shared_engines")]
 
@@ -155,3 +156,30 @@ def test_chat_task_with_json_schema_parses_every_answer_end_to_end(tiny_model, c
     assert "unparseable_output" not in manifest["dead_letter_reasons"]
     rows = [row for shard in out.glob("versions/*/predictions-*.parquet") for row in pq.read_table(shard).to_pylist()]
     assert rows and all(row["raw_output"].startswith('{"synonyms":[') for row in rows)
+
+
+def test_portable_runner_worker_process_starts_its_own_engine(in_process, tiny_model, corpus, tmp_path, worker_pool, monkeypatch, capsys):
+    """``bulkinfer run`` on the PortableRunner: the stages, the engine included, run in a worker the pool started."""
+    from bulkinfer.models.vllm_handler import VLLMHandler
+    from bulkinfer.testing import group_members
+
+    out, _ = in_process
+
+    def not_here(self: VLLMHandler) -> None:
+        raise AssertionError("the engine started in the launching process, not in a worker")
+
+    # Only this process's class: the worker imports its own, so its engine start is untouched.
+    monkeypatch.setattr(VLLMHandler, "_start_engine", not_here)
+    argv = _argv(corpus, tmp_path / "table", tiny_model, *portable_flags(worker_pool), "--run_id", "p1")
+    assert main(["run", *argv]) == 0
+    (summary,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    counts = summary["counts"]
+    assert counts["engine_starts"] == 1 and counts["generated"] == 5 and counts["keys"] == 5
+    assert counts["rows_in_table"] + counts["rows_dead"] == len(QUERIES)
+    assert _predictions(tmp_path / "table") == _predictions(out)
+    # The job's end stops its worker, and with it the engine's processes.
+    deadline = time.monotonic() + 60
+    while worker_pool.workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker_pool.workers() == [], f"left running after the job: {worker_pool.workers()}"
+    assert group_members(worker_pool.pid) == [worker_pool.pid]
