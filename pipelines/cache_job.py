@@ -27,6 +27,7 @@ from bulkinfer.transforms.build_prompts import BuildPrompts
 from bulkinfer.transforms.checkpoint_results import CheckpointResults
 from bulkinfer.transforms.count_progress import CountProgress
 from bulkinfer.transforms.detect_languages import DetectLanguages
+from bulkinfer.transforms.fan_out_languages import FanOutLanguages
 from bulkinfer.transforms.generate import Generate
 from bulkinfer.transforms.normalize_keys import NormalizeKeys
 from bulkinfer.transforms.parse_predictions import ParsePredictions
@@ -172,6 +173,8 @@ def _build(
         groups = groups | "SampleKeys" >> SampleKeys(job.sample)
     if plan.detector is not None:
         groups = groups | "DetectLanguages" >> DetectLanguages(plan.detector)
+    if task.target_languages:
+        groups = groups | "FanOutLanguages" >> FanOutLanguages(task.target_languages)
     checkpoints = layout.checkpoint_dir(plan.output, provenance.run_id)
     # A --full run regenerates everything, but still resumes its own killed attempt.
     reuse_checkpoints = checkpoints if job.full else fs.join(plan.output, layout.CHECKPOINTS, "*")

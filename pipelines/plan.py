@@ -210,7 +210,8 @@ def _check_chat_template(given: str, resolved: str, task_flag: str) -> None:
 
 def _language_detector(job: CacheJobOptions, task: TaskSpec) -> LanguageDetector | None:
     """The detector for keys without a language, or None when detection is off."""
-    if job.detect_language == "off" or (job.detect_language == "auto" and not task.languages):
+    # A fanned-out key is asked for in each target language: the key's own language picks nothing.
+    if job.detect_language == "off" or (job.detect_language == "auto" and (not task.languages or task.target_languages)):
         return None
     if not 0.0 <= job.language_min_confidence < 1.0:
         raise ConfigError(f"--language_min_confidence must be in [0, 1), got {job.language_min_confidence}")

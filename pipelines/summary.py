@@ -44,7 +44,7 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
     """
     task, provenance = plan.task, plan.provenance
     not_sampled = (read_counter(result, "rows_not_sampled") or 0) if job.sample is not None else 0
-    account = account_rows(plan.vdir, task.output_column, provenance.run_id, plan.rows_in, not_sampled)
+    account = account_rows(plan.vdir, task.output_column, provenance.run_id, plan.rows_in, not_sampled, len(task.target_languages) or 1)
     rows = account.rows
     before = None
     if previous is not None:
@@ -76,6 +76,8 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
             "rows_dead": account.rows_dead,
             "rows_not_sampled": not_sampled,
             "keys": account.keys,
+            # With target_languages, keys counts key x language rows; concepts, the distinct keys.
+            **({"concepts": account.concepts, "target_languages": account.target_languages} if task.target_languages else {}),
             "dead_letter_records": sum(account.dead_records.values()),
             "reused": account.reused,
             "reused_dead_letters": account.reused_dead,
