@@ -47,11 +47,13 @@ class RowAccount:
     """Prompts per key: the task's target languages (fan-out), else 1."""
     concepts: int = 0
     """Distinct keys with a prediction row (with fan-out, ``keys`` counts key x language rows)."""
+    fanned_out_dead: int = 0
+    """With fan-out: input rows dead-lettered before keying or whose key is dead in every target language."""
 
     @property
     def rows_dead(self) -> int:
-        """Dead-lettered input rows."""
-        return sum(self.dead_rows.values())
+        """Dead-lettered input rows (with fan-out: rows with no prediction row in any target language)."""
+        return self.fanned_out_dead if self.target_languages > 1 else sum(self.dead_rows.values())
 
 
 def account_rows(vdir: str, output_column: str, run_id: str, rows_in: int, not_sampled: int, target_languages: int = 1) -> RowAccount:
@@ -137,7 +139,16 @@ def _account_fanned_out(
             in_table[key] = count
     all_dead = sum(count for key, count in dead_key_rows.items() if key not in in_table and dead_pairs[key] >= targets)
     account = RowAccount(
-        rows, keys, sum(in_table.values()), reused, reused_dead, dict(dead_rows), dict(dead_records), targets, len(in_table)
+        rows,
+        keys,
+        sum(in_table.values()),
+        reused,
+        reused_dead,
+        dict(dead_rows),
+        dict(dead_records),
+        targets,
+        len(in_table),
+        before_keying + all_dead,
     )
     keyed = rows_in - before_keying - not_sampled
     if pair_rows + pair_dead_rows != targets * keyed or sum(in_table.values()) + all_dead + before_keying + not_sampled != rows_in:

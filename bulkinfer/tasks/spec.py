@@ -349,15 +349,21 @@ class TaskSpec:
     def fingerprint(self) -> str:
         """A digest of everything in the spec that can change an answer or its parse.
 
-        Gates and the description are left out: they change no answer, so editing
-        them does not make a rerun regenerate anything. So is the adapter's path: the
-        job folds the adapter's content digest in instead (see ``pipelines.cache_job``),
-        so moving an adapter directory does not count as a change, and retraining one does.
+        Gates, the description and the list of ``target_languages`` are left out: they
+        change no answer, so editing them does not make a rerun regenerate anything (a
+        row's target language is its ``language``, on which reuse matches as well;
+        ``sampling.n`` is in, when above 1). So is the adapter's path: the job folds the
+        adapter's content digest in instead (see ``pipelines.cache_job``), so moving an
+        adapter directory does not count as a change, and retraining one does.
         """
         spec = dataclasses.asdict(self)
         del spec["gates"], spec["description"], spec["adapter"]
         # Left out when unused, so tasks without them keep the fingerprint they had.
-        for name in ("examples_by_language", "instruction_by_language", "target_languages"):
+        # The list of target languages is left out too: it changes no answer. Each row's prompt
+        # is fixed by the rest of the spec, the key and the row's language, which reuse matches
+        # on; so adding a target language generates only the new (key, language) pairs.
+        del spec["target_languages"]
+        for name in ("examples_by_language", "instruction_by_language"):
             if not spec[name]:
                 del spec[name]
         if not spec["sampling"]["ignore_eos"]:
