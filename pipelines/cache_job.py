@@ -101,6 +101,11 @@ class CacheJobOptions(PipelineOptions):
             "task has examples_by_language or instruction_by_language)",
         )
         parser.add_argument(
+            "--target_languages",
+            default=None,
+            help="comma-separated language codes (de,es,ja): fan each key out into these instead of the task's target_languages",
+        )
+        parser.add_argument(
             "--language_min_confidence", type=float, default=0.3, help="detections less sure than this are unknown (default 0.3)"
         )
 
