@@ -51,7 +51,9 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
         previous_dir = layout.version_dir(plan.output, previous)
         # Churn compares outputs of the same kind: only when the published version has this output column.
         if layout.read_manifest(previous_dir).get("output_column") == task.output_column:
-            before = layout.read_shards(previous_dir, layout.PREDICTIONS, ["key", task.output_column])
+            before = layout.read_shards(
+                previous_dir, layout.PREDICTIONS, ["key", task.output_column, *(["language"] if task.target_languages else [])]
+            )
     measured = quality.measure(task, rows, account.dead_records, before)
     failed = quality.failed_gates(task, measured)
     manifest = {

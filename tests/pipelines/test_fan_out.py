@@ -120,6 +120,8 @@ def test_rerun_reuses_per_key_and_language_and_a_new_target_generates_only_its_p
     assert first["counts"]["generated"] == 6
     again = _run(tmp_path, "r2", FakeHandler(ANSWERS))
     assert (again["counts"]["generated"], again["counts"]["reused"]) == (0, 6)
+    # Churn compares each row with its own language's row of the published version.
+    assert (again["quality"]["churn_compared"], again["quality"]["churn_rate"]) == (6, 0.0)
     more = _run(tmp_path, "r3", FakeHandler(ANSWERS), _spec(tmp_path, SPEC.replace("[de, es, ja]", "[de, es, ja, fr]")))
     # The other pairs' prompts are unchanged: only the new language's pairs are generated.
     assert (more["counts"]["generated"], more["counts"]["reused"]) == (2, 6)
