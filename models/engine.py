@@ -96,9 +96,6 @@ class EngineConfig:
             # vLLM CPU sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (set by the
             # handler before load); this fraction then only bounds host memory.
             kwargs["gpu_memory_utilization"] = 0.3
-            # vLLM CPU (0.32) fails on a seeded sampled request whose prompt is split across
-            # steps ("CPU Generator does not use offset"): whole prompts per step instead.
-            kwargs["enable_chunked_prefill"] = False
         else:
             # A fixed KV budget rather than a share of free memory, so several
             # engines on one GPU do not trip each other's memory profiling.

@@ -220,7 +220,13 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             cores = sorted(os.sched_getaffinity(0))
             if self._engine.tensor_parallel_size == 1:
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
-        llm = vllm.LLM(**self._engine.llm_kwargs(on_cpu))
+        kwargs = self._engine.llm_kwargs(on_cpu)
+        if on_cpu and self._sampling.temperature > 0:
+            # vLLM CPU (0.32) fails on a seeded sampled request whose prompt is split across steps
+            # ("CPU Generator does not use offset", measured on a 36-prompt n = 4 job): whole
+            # prompts per step instead. Greedy requests have no generator and keep chunked prefill.
+            kwargs["enable_chunked_prefill"] = False
+        llm = vllm.LLM(**kwargs)
         self._engine_starts.inc()
         max_len = llm.llm_engine.model_config.max_model_len
         _LOG.info("vLLM %s loaded %s (context %d tokens)", vllm.__version__, self._engine.model, max_len)

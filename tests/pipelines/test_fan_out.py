@@ -156,3 +156,17 @@ def test_a_key_dead_in_every_target_language_counts_its_rows_dead_once(tmp_path)
         _run(tmp_path, "r1", handler)
     counts = json.loads((tmp_path / "table" / "versions" / "r1" / "manifest.json").read_text())["counts"]
     assert (counts["rows_in"], counts["rows_in_table"], counts["rows_dead"], counts["keys"]) == (3, 1, 2, 3)
+
+
+def test_redis_export_serves_the_union_of_a_key_and_matches_per_language(tmp_path, redis_url):
+    from bulkinfer.lookup.redis_export import RedisExportConfig, RedisTable, export_version
+
+    _run(tmp_path, "r1", FakeHandler(ANSWERS))
+    export_version(str(tmp_path / "table"), RedisExportConfig(redis_url, "fanout"))
+    reader = RedisTable(redis_url, "fanout")
+    found = reader.get("Cheap Flights")
+    assert found is not None
+    assert found["synonyms"] == ["billige flüge", "günstige flüge", "vuelos baratos", "vuelos low cost", "格安航空券", "格安 フライト"]
+    assert found["item_languages"] == ["de", "de", "es", "es", "ja", "ja"]
+    matches = reader.match("vuelos baratos")["matches"]
+    assert [(m["concept"], m["language"]) for m in matches] == [("cheap flights", "es")]
