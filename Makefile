@@ -43,6 +43,10 @@ $(VENV)/.installed: pyproject.toml
 # matches against the version it wrote. The default model misses the task's quality
 # gates (exit 3: the version is kept, not published; README "Quality gates"), so the
 # demo reads that version by name; any other failure stops here.
+# Then the reference case: three concepts (data/reference_concepts.parquet) fanned out into ten of
+# the synonyms_worldwide task's languages, four sampled answers per prompt, and live-style queries in
+# several languages matched against the items (same gates, same exit 3 rule).
+DEMO_LANGUAGES := en,de,es,fr,it,pt,ru,tr,ja,zh
 RUN_ID := $(shell date -u +%Y%m%dT%H%M%SZ)
 run: install
 	$(BULKINFER) run --task synonyms --input data/sample_queries.parquet --output tables/synonyms --max_model_len 1024 --run_id $(RUN_ID) \
@@ -50,6 +54,11 @@ run: install
 	$(BULKINFER) lookup --table tables/synonyms --version $(RUN_ID) "Covid Vaccine" "  cheap   FLIGHTS " "vacuna covid" "billige flüge" "not in the corpus"
 	$(BULKINFER) match --table tables/synonyms --version $(RUN_ID) "vacuna covid cerca de mí" "Corona Impfung Termin" "billige flüge nach rom" \
 	  "günstige hotel deals in rom" "中古車 東京"
+	$(BULKINFER) run --task synonyms_worldwide --target_languages $(DEMO_LANGUAGES) --input data/reference_concepts.parquet \
+	  --output tables/worldwide --max_model_len 1024 --run_id $(RUN_ID) || [ $$? -eq 3 ]
+	$(BULKINFER) lookup --table tables/worldwide --version $(RUN_ID) "covid vaccine"
+	$(BULKINFER) match --table tables/worldwide --version $(RUN_ID) "vacuna covid cerca de mí" "Corona Impfung Termin" \
+	  "billige flüge nach rom" "vaccin covid pharmacie" "コロナ ワクチン 予約" "新冠疫苗 接种" "ikinci el arabalar"
 
 test: install lint
 	$(PY) -m pytest

@@ -173,12 +173,11 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         else:
             # Beam's BatchElements measures a batch in element_size_fn units, so a fixed
-            # min = max budget gives batches of about that many tokens. (ModelHandler's own
+            # min = max budget gives batches of about that many tokens (n answers each generate). (ModelHandler's own
             # max_batch_weight reaches BatchElements, which rejects it, in Beam 2.77.)
             budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
-            super().__init__(
-                min_batch_size=budget, max_batch_size=budget, element_size_fn=functools.partial(request_tokens, sampling.max_tokens)
-            )
+            size = functools.partial(request_tokens, sampling.max_tokens * sampling.n)
+            super().__init__(min_batch_size=budget, max_batch_size=budget, element_size_fn=size)
         self._engine = engine
         self._sampling = sampling
         self._structured = structured if structured is not None and structured.enabled else None
@@ -221,7 +220,13 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             cores = sorted(os.sched_getaffinity(0))
             if self._engine.tensor_parallel_size == 1:
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
-        llm = vllm.LLM(**self._engine.llm_kwargs(on_cpu))
+        kwargs = self._engine.llm_kwargs(on_cpu)
+        if on_cpu and self._sampling.temperature > 0:
+            # vLLM CPU (0.32) fails on a seeded sampled request whose prompt is split across steps
+            # ("CPU Generator does not use offset", measured on a 36-prompt n = 4 job): whole
+            # prompts per step instead. Greedy requests have no generator and keep chunked prefill.
+            kwargs["enable_chunked_prefill"] = False
+        llm = vllm.LLM(**kwargs)
         self._engine_starts.inc()
         max_len = llm.llm_engine.model_config.max_model_len
         _LOG.info("vLLM %s loaded %s (context %d tokens)", vllm.__version__, self._engine.model, max_len)
@@ -248,6 +253,7 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
                 top_p=s.top_p,
                 max_tokens=s.max_tokens,
                 seed=s.seed,
+                n=s.n,
                 frequency_penalty=s.frequency_penalty,
                 stop=list(s.stop),
                 ignore_eos=s.ignore_eos,
@@ -328,18 +334,22 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             raise EngineError(f"the engine returned {len(outputs)} outputs for {len(items)} prompts; stopping")
         generations = []
         for (request, ids), out in zip(items, outputs, strict=True):
-            completion = out.outputs[0]
+            # sampling.n > 1: n completions per prompt, all kept (the parser unions their items).
+            completions = out.outputs
+            output_tokens = sum(len(c.token_ids) for c in completions)
+            reasons = [c.finish_reason or "" for c in completions]
             generations.append(
                 Generation(
                     request=request,
-                    text=completion.text,
+                    text=completions[0].text,
+                    texts=tuple(c.text for c in completions) if len(completions) > 1 else (),
                     prompt_tokens=len(ids),
-                    output_tokens=len(completion.token_ids),
-                    finish_reason=completion.finish_reason or "",
+                    output_tokens=output_tokens,
+                    finish_reason="length" if "length" in reasons else reasons[0],
                 )
             )
             self._prompt_tokens.inc(len(ids))
-            self._output_tokens.inc(len(completion.token_ids))
+            self._output_tokens.inc(output_tokens)
         self._generated.inc(len(generations))
         return generations
 

@@ -27,6 +27,7 @@ from bulkinfer.transforms.build_prompts import BuildPrompts
 from bulkinfer.transforms.checkpoint_results import CheckpointResults
 from bulkinfer.transforms.count_progress import CountProgress
 from bulkinfer.transforms.detect_languages import DetectLanguages
+from bulkinfer.transforms.fan_out_languages import FanOutLanguages
 from bulkinfer.transforms.generate import Generate
 from bulkinfer.transforms.normalize_keys import NormalizeKeys
 from bulkinfer.transforms.parse_predictions import ParsePredictions
@@ -98,6 +99,11 @@ class CacheJobOptions(PipelineOptions):
             default="auto",
             help="detect the language of keys the language column leaves unknown: on, off, or auto (default: on when the "
             "task has examples_by_language or instruction_by_language)",
+        )
+        parser.add_argument(
+            "--target_languages",
+            default=None,
+            help="comma-separated language codes (de,es,ja): fan each key out into these instead of the task's target_languages",
         )
         parser.add_argument(
             "--language_min_confidence", type=float, default=0.3, help="detections less sure than this are unknown (default 0.3)"
@@ -172,6 +178,8 @@ def _build(
         groups = groups | "SampleKeys" >> SampleKeys(job.sample)
     if plan.detector is not None:
         groups = groups | "DetectLanguages" >> DetectLanguages(plan.detector)
+    if task.target_languages:
+        groups = groups | "FanOutLanguages" >> FanOutLanguages(task.target_languages)
     checkpoints = layout.checkpoint_dir(plan.output, provenance.run_id)
     # A --full run regenerates everything, but still resumes its own killed attempt.
     reuse_checkpoints = checkpoints if job.full else fs.join(plan.output, layout.CHECKPOINTS, "*")

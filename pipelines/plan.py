@@ -25,7 +25,7 @@ from bulkinfer.format import fs, layout
 from bulkinfer.format.records import SCHEMA_VERSION, Provenance
 from bulkinfer.models.engine import Adapter, EngineConfig, engine_version, fingerprint, load_adapter, model_digest, resolve_model
 from bulkinfer.models.vllm_handler import VLLMHandler
-from bulkinfer.tasks.languages import LanguageDetector
+from bulkinfer.tasks.languages import LanguageDetector, check_language_code
 from bulkinfer.tasks.spec import TaskSpec, load_task
 
 if TYPE_CHECKING:  # the options class lives with the job it configures
@@ -86,6 +86,8 @@ def plan_tables(job: CacheJobOptions, real_engine: bool) -> list[TablePlan]:
     if job.sample is not None and job.sample < 1:
         raise ConfigError(f"--sample must be >= 1 (keys to run), got {job.sample}")
     task = load_task(job.task)
+    if job.target_languages is not None:
+        task = with_target_languages(task, job.target_languages)
     if job.max_model_len is not None and job.max_model_len <= task.sampling.max_tokens:
         raise ConfigError(
             f"--max_model_len {job.max_model_len} leaves no room for a prompt: task {task.name} generates up to "
@@ -289,9 +291,27 @@ def _check_chat_template(given: str, resolved: str, task_flag: str) -> None:
     )
 
 
+def with_target_languages(task: TaskSpec, flag: str) -> TaskSpec:
+    """The task fanned out into the languages of ``--target_languages`` (comma-separated codes) instead of its own.
+
+    Raises:
+        ConfigError: a code is not a canonical language code, or the task's fallback
+            prompt cannot ask for a language without its own instruction.
+    """
+    codes = [code.strip() for code in flag.split(",") if code.strip()]
+    if not codes:
+        raise ConfigError(f"--target_languages must list language codes separated by commas, e.g. de,es,ja; got {flag!r}")
+    checked = tuple(check_language_code("--target_languages", code) for code in codes)
+    try:
+        return dataclasses.replace(task, target_languages=checked)
+    except ConfigError as e:
+        raise ConfigError(f"--target_languages {flag}: task {task.name}: {e}") from e
+
+
 def _language_detector(job: CacheJobOptions, task: TaskSpec) -> LanguageDetector | None:
     """The detector for keys without a language, or None when detection is off."""
-    if job.detect_language == "off" or (job.detect_language == "auto" and not task.languages):
+    # A fanned-out key is asked for in each target language: the key's own language picks nothing.
+    if job.detect_language == "off" or (job.detect_language == "auto" and (not task.languages or task.target_languages)):
         return None
     if not 0.0 <= job.language_min_confidence < 1.0:
         raise ConfigError(f"--language_min_confidence must be in [0, 1), got {job.language_min_confidence}")

@@ -44,14 +44,16 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
     """
     task, provenance = plan.task, plan.provenance
     not_sampled = (read_counter(result, "rows_not_sampled") or 0) if job.sample is not None else 0
-    account = account_rows(plan.vdir, task.output_column, provenance.run_id, plan.rows_in, not_sampled)
+    account = account_rows(plan.vdir, task.output_column, provenance.run_id, plan.rows_in, not_sampled, len(task.target_languages) or 1)
     rows = account.rows
     before = None
     if previous is not None:
         previous_dir = layout.version_dir(plan.output, previous)
         # Churn compares outputs of the same kind: only when the published version has this output column.
         if layout.read_manifest(previous_dir).get("output_column") == task.output_column:
-            before = layout.read_shards(previous_dir, layout.PREDICTIONS, ["key", task.output_column])
+            before = layout.read_shards(
+                previous_dir, layout.PREDICTIONS, ["key", task.output_column, *(["language"] if task.target_languages else [])]
+            )
     measured = quality.measure(task, rows, account.dead_records, before)
     failed = quality.failed_gates(task, measured)
     manifest = {
@@ -76,6 +78,8 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
             "rows_dead": account.rows_dead,
             "rows_not_sampled": not_sampled,
             "keys": account.keys,
+            # With target_languages, keys counts key x language rows; concepts, the distinct keys.
+            **({"concepts": account.concepts, "target_languages": account.target_languages} if task.target_languages else {}),
             "dead_letter_records": sum(account.dead_records.values()),
             "reused": account.reused,
             "reused_dead_letters": account.reused_dead,

@@ -26,7 +26,10 @@ class _Parse(beam.DoFn):
         if generation.error_reason is not None:
             yield self._dead(generation, generation.error_reason, generation.error_message, "generate")
             return
-        parsed = parse_output(self._task, generation.text, request.key)
+        # Several answers (sampling.n > 1) are one answer per line: the list parser splits on
+        # line breaks too, so their items come out unioned and deduplicated, first occurrence first.
+        raw = "\n".join(generation.texts) if generation.texts else generation.text
+        parsed = parse_output(self._task, raw, request.key)
         if parsed.error is not None:
             yield self._dead(generation, Reason.UNPARSEABLE_OUTPUT, parsed.error, "parse_predictions")
             return
@@ -35,7 +38,7 @@ class _Parse(beam.DoFn):
             "query": request.query,
             "language": request.language,
             self._task.output_column: parsed.value,
-            "raw_output": generation.text,
+            "raw_output": raw,
             "source_rows": request.source_rows,
             "prompt_tokens": generation.prompt_tokens,
             "output_tokens": generation.output_tokens,
@@ -54,7 +57,7 @@ class _Parse(beam.DoFn):
                 key=request.key,
                 query=request.query,
                 row=dict(request.fields),
-                raw_output=generation.text if generation.error_reason is None else None,
+                raw_output=("\n".join(generation.texts) or generation.text) if generation.error_reason is None else None,
                 source_rows=request.source_rows,
                 provenance=self._provenance,
                 language=request.language,

@@ -34,8 +34,9 @@ class SplitByReuse(beam.DoFn):
 
     def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         _, joined = item
-        # No group: the key left the corpus, so it leaves the table too.
-        for group in joined["groups"][:1]:
+        # No group: the key left the corpus, so it leaves the table too. Several groups: the
+        # key fanned out into target languages (FanOutLanguages), each reused on its own.
+        for group in {g.language: g for g in reversed(joined["groups"])}.values():
             # The key's language picks its examples: a result made for another language answered another prompt.
             language = group.language
             found = self._first(joined, "previous", "checkpoint", lambda r: r.get("language") == language)  # noqa: B023
@@ -77,8 +78,10 @@ class ReuseResults(beam.PTransform):
     sampling, engine version) and the same language (which picks the examples): the
     answer would be the same, so the engine is not asked again. A key whose earlier
     result was a deterministic dead letter (``prompt_too_long``; ``unparseable_output``
-    under greedy decoding) with the same fingerprint and language keeps that dead letter. Returns ``(to_generate, reused_predictions,
-    reused_dead_letters)``.
+    under greedy decoding) with the same fingerprint and language keeps that dead letter.
+    A key fanned out into target languages is reused per language: a rerun that adds a
+    target generates only the new (key, language) pairs. Returns ``(to_generate,
+    reused_predictions, reused_dead_letters)``.
     """
 
     def __init__(self, fingerprint: str, greedy: bool):

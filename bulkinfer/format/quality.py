@@ -107,8 +107,16 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
     }
     if previous is None or previous.num_rows == 0 or task.output_column not in previous.column_names:
         return out | {"churn_rate": None, "churn_compared": 0}
-    before = dict(zip(previous.column("key").to_pylist(), previous.column(task.output_column).to_pylist(), strict=True))
-    shared = [(before[key], value) for key, value in zip(keys, outputs, strict=True) if key in before]
+    # Fanned-out tasks have a row per key and target language: a row is compared with its own language's.
+    by_language = bool(task.target_languages) and "language" in rows.column_names and "language" in previous.column_names
+    ids = list(zip(keys, rows.column("language").to_pylist(), strict=True)) if by_language else keys
+    previous_ids = (
+        list(zip(previous.column("key").to_pylist(), previous.column("language").to_pylist(), strict=True))
+        if by_language
+        else previous.column("key").to_pylist()
+    )
+    before = dict(zip(previous_ids, previous.column(task.output_column).to_pylist(), strict=True))
+    shared = [(before[row_id], value) for row_id, value in zip(ids, outputs, strict=True) if row_id in before]
     changed = sum(1 for old, new in shared if old != new)
     return out | {"churn_rate": changed / len(shared) if shared else None, "churn_compared": len(shared)}
 

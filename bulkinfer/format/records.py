@@ -32,7 +32,8 @@ class QueryGroup:
     """How many input rows carry this key."""
     language: str | None = None
     """The key's language code (``bulkinfer.tasks.languages``): the commonest among its rows'
-    language column values, else detected from the key; None when unknown."""
+    language column values, else detected from the key; None when unknown. With the task's
+    ``target_languages``, one group per target, whose language it is (``FanOutLanguages``)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class PromptRequest:
     """``format: chat`` tasks: the (role, content) turns the model tokenizer's chat
     template renders; ``prompt`` is then a readable rendering of them, for humans."""
     language: str | None = None
-    """The key's language code, which chose the prompt's examples; None when unknown."""
+    """The key's language code, which chose the prompt's examples (with ``target_languages``:
+    the target language the prompt asks for); None when unknown."""
     prompt_token_ids: tuple[int, ...] = ()
     """The prompt in the model's tokens, attached by ``TokenizePrompts`` (chat turns
     already through the chat template); empty: the model handler tokenises it."""
@@ -67,12 +69,16 @@ class Generation:
     """The request this answers."""
     text: str = ""
     """Generated text (stop sequence excluded)."""
+    texts: tuple[str, ...] = ()
+    """Every answer, when the task samples several per prompt (``sampling.n`` > 1): ``text``
+    is the first of them. Empty for one answer."""
     prompt_tokens: int = 0
     """Prompt length in the model's tokens."""
     output_tokens: int = 0
-    """Generated tokens."""
+    """Generated tokens (of all answers)."""
     finish_reason: str = ""
-    """``stop`` (a stop sequence or EOS) or ``length`` (hit ``max_tokens``)."""
+    """``stop`` (a stop sequence or EOS) or ``length`` (hit ``max_tokens``; with several
+    answers: any of them did)."""
     error_reason: str | None = None
     """A ``bulkinfer.errors.Reason`` code when generation did not happen."""
     error_message: str = ""

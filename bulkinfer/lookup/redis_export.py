@@ -34,6 +34,7 @@ import orjson
 from bulkinfer.errors import ConfigError, TableError
 from bulkinfer.format import layout
 from bulkinfer.keys import normalize_key
+from bulkinfer.lookup.match import ITEM_LANGUAGES
 
 PREFIX = "bulkinfer"
 """First segment of every key the export writes."""
@@ -147,7 +148,7 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
     started = time.perf_counter()
     # Registered before the first write, so an export that dies half way is found and expired by the next.
     client.sadd(namespaces_key(config.name), version)
-    written = _write(client, config, version, output, rows)
+    written = _write(client, config, version, output, _one_per_key(rows, manifest))
     items = _write_matches(client, config, version, output, rows) if manifest.get("output_kind") == "list" else 0
     meta = {
         "version": version,
@@ -179,16 +180,27 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
     }
 
 
+def _one_per_key(rows: Any, manifest: dict[str, Any]) -> Any:
+    """Fanned-out versions hold a row per key and target language; a key's value is their union."""
+    from bulkinfer.lookup.union import target_languages, union_languages
+
+    if manifest.get("output_kind") != "list" or not target_languages(manifest):
+        return rows
+    return union_languages(rows, str(manifest.get("output_column", "")), target_languages(manifest))
+
+
 def _write(client: Any, config: RedisExportConfig, version: str, output: str, rows: Any) -> int:
     # One MSET per batch: a single command with many pairs costs the client and the
     # server far less than one SET per key (see bench/redis_export.py).
     prefix = f"{namespace(config.name, version)}:k:".encode()
     written = 0
     for batch in rows.to_batches(config.batch_keys):
-        values = zip(batch.column(output).to_pylist(), batch.column("model").to_pylist(), batch.column("run_id").to_pylist(), strict=True)
+        # Fanned-out versions also carry the language of each item, parallel to the output list.
+        names = [output, "model", "run_id", *([ITEM_LANGUAGES] if ITEM_LANGUAGES in batch.schema.names else [])]
+        values = zip(*(batch.column(name).to_pylist() for name in names), strict=True)
         pairs: dict[bytes, bytes] = {
-            prefix + key.encode(): orjson.dumps({output: value, "model": model, "run_id": run_id})
-            for key, (value, model, run_id) in zip(batch.column("key").to_pylist(), values, strict=True)
+            prefix + key.encode(): orjson.dumps(dict(zip(names, value, strict=True)))
+            for key, value in zip(batch.column("key").to_pylist(), values, strict=True)
         }
         client.mset(pairs)
         written += len(pairs)

@@ -564,6 +564,11 @@ def openapi_schema(config: ServeConfig, output_column: str) -> dict[str, Any]:
                         "version": {"type": "string", "description": "the table version that answered"},
                         "model": {"type": "string", "description": "the model that produced the answer (when found)"},
                         "run_id": {"type": "string", "description": "the run that produced the answer (when found)"},
+                        "item_languages": {
+                            "type": "array",
+                            "items": {"type": ["string", "null"]},
+                            "description": "tasks with target_languages: the language of each item, parallel to the output list",
+                        },
                     },
                 },
                 "Matches": {

@@ -142,7 +142,7 @@ def write_store(table: str, version: str) -> str:
     """
     vdir = layout.version_dir(table, version)
     manifest = layout.read_manifest(vdir)
-    rows = _read_rows(vdir)
+    rows = _read_rows(vdir, manifest)
     target = fs.join(vdir, STORE)
     if "://" not in target:
         build_store(target, rows, version, manifest)
@@ -200,7 +200,7 @@ def open_store(table: str, version: str, manifest: dict[str, Any], cache_dir: st
         if store is not None:
             return store
     _LOG.info("building the lookup store of %s version %s into %s (once)", table, version, cached)
-    build_store(cached, _read_rows(layout.version_dir(table, version)), version, manifest)
+    build_store(cached, _read_rows(layout.version_dir(table, version), manifest), version, manifest)
     return Store(cached)
 
 
@@ -311,10 +311,15 @@ def _constant(column: pa.ChunkedArray) -> bool:
     return bool(pc.all(pc.equal(column, column[0])).as_py())
 
 
-def _read_rows(vdir: str) -> pa.Table:
+def _read_rows(vdir: str, manifest: dict[str, Any]) -> pa.Table:
+    from bulkinfer.lookup.union import target_languages, union_languages
+
     rows = layout.read_shards(vdir, layout.PREDICTIONS)
     if rows is None:
         raise TableError(f"{vdir} has no {layout.PREDICTIONS}-*.parquet files")
+    if manifest.get("output_kind") == "list" and target_languages(manifest):
+        # Fanned out: one row per key and target language in Parquet, one row per key in the store.
+        rows = union_languages(rows, str(manifest.get("output_column", "")), target_languages(manifest))
     return rows
 
 

@@ -22,7 +22,7 @@ import orjson
 from bulkinfer.errors import TableError
 from bulkinfer.format import layout
 from bulkinfer.keys import KEY_VERSION, normalize_key
-from bulkinfer.lookup.match import MatchIndex, open_match_index
+from bulkinfer.lookup.match import ITEM_LANGUAGES, MatchIndex, open_match_index
 from bulkinfer.lookup.store import Store, open_store
 
 _LOG = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ class PredictionTable:
         """What consumers print and serve for a query: found or not, the output, and where it comes from.
 
         ``{"query", "key", "found", <output column>, "version"}``, plus ``model`` and
-        ``run_id`` when found; a miss has an empty list (list tasks) or null as output.
+        ``run_id`` when found, and ``item_languages`` (the language of each item) for
+        tasks with ``target_languages``, whose output is the union of the key's items
+        over its target languages; a miss has an empty list (list tasks) or null as output.
         """
         key = normalize_key(query)
         return self._answer(query, key, self._get_key(key))
@@ -148,6 +150,8 @@ class PredictionTable:
         else:
             out[self.output_column] = row[self.output_column]
             out.update(version=self.version, model=row["model"], run_id=row["run_id"])
+            if ITEM_LANGUAGES in row:  # fanned out into target_languages: the union, each item with its language
+                out[ITEM_LANGUAGES] = row[ITEM_LANGUAGES]
         return out
 
 

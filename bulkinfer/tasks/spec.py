@@ -26,6 +26,13 @@ from bulkinfer.tasks.parsing import answer_text, parse_answer
 PARSER_VERSION = 2
 """2: list items that copy a shown example of another query are dropped (``example_leaks``)."""
 
+MAX_SAMPLES = 64
+"""Upper bound of ``sampling.n``."""
+
+LANGUAGE_PLACEHOLDERS = frozenset({"language", "language_name"})
+"""Placeholders of ``template.prefix`` and ``template.query`` (and ``{language_name}`` in an
+instruction) that name the prompt's target language: its code and its English name."""
+
 OutputKind = Literal["list", "label"]
 PromptFormat = Literal["completion", "chat"]
 
@@ -58,7 +65,7 @@ class TemplateSpec:
 
     def fields(self) -> set[str]:
         """Names the ``query`` template reads from the row, besides ``query``."""
-        return _placeholders("template.query", self.query) - {"query", ""}
+        return _placeholders("template.query", self.query) - {"query", ""} - LANGUAGE_PLACEHOLDERS
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,11 @@ class SamplingSpec:
     small base models otherwise repeat one item ("x, x, x, ...")."""
     stop: tuple[str, ...] = ("\n",)
     """Generation ends at the first of these strings (not included in the output)."""
+    n: int = 1
+    """Answers sampled per prompt, in [1, 64]; more than 1 needs ``temperature`` > 0 (greedy
+    answers would all be the same). The parser unions the items of all ``n`` answers,
+    deduplicated with the job's key normaliser, first occurrence first; ``parser.max_items``
+    bounds the union. ``raw_output`` holds the answers one per line."""
     ignore_eos: bool = False
     """Keep generating past the end-of-sequence token (stop strings still apply), so
     every answer has ``max_tokens`` tokens when ``stop`` is empty. For benchmarks
@@ -93,6 +105,12 @@ class SamplingSpec:
             raise ConfigError(f"sampling.frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         if not 1 <= self.max_tokens <= 4096:
             raise ConfigError(f"sampling.max_tokens must be in [1, 4096], got {self.max_tokens}")
+        if not 1 <= self.n <= MAX_SAMPLES:
+            raise ConfigError(f"sampling.n must be in [1, {MAX_SAMPLES}], got {self.n}")
+        if self.n > 1 and self.temperature == 0.0:
+            raise ConfigError(
+                f"sampling.n = {self.n} needs sampling.temperature > 0 (in (0, 5]), got 0.0: greedy decoding gives the same answer n times"
+            )
 
 
 @dataclass(frozen=True)
@@ -203,6 +221,13 @@ class TaskSpec:
     whose language has none here gets ``examples``. ``shots`` applies to each list."""
     instruction_by_language: tuple[tuple[str, str], ...] = ()
     """The instruction per row language, as (code, text) sorted by code; others get ``instruction``."""
+    target_languages: tuple[str, ...] = ()
+    """Fan-out: one prompt per key and target language (ISO 639 codes as ``bulkinfer.tasks.languages``
+    writes them: ``en``, ``de``, ``yue``), each row's language being the target, so the key
+    gets answers in every one of them. A target with its own ``instruction_by_language`` /
+    ``examples_by_language`` gets those; the others the fallback ``instruction`` and
+    ``examples``, which must name the target language through ``{language_name}`` (its
+    English name) or ``{language}`` (its code). Empty: one prompt per key, in the key's own language."""
     labels: tuple[str, ...] = ()
     """For ``label`` tasks: the allowed answers."""
     output_column: str = ""
@@ -245,7 +270,7 @@ class TaskSpec:
                     f"shots must be in [-1, {len(examples)}] (the number of examples_by_language.{language}), got {self.shots}"
                 )
         for name, text, allowed_fields in (
-            ("template.prefix", self.template.prefix, {"instruction"}),
+            ("template.prefix", self.template.prefix, {"instruction"} | LANGUAGE_PLACEHOLDERS),
             ("template.example", self.template.example, {"input", "output"}),
         ):
             used = _placeholders(name, text)
@@ -261,6 +286,7 @@ class TaskSpec:
             raise ConfigError("parser.json_field reads JSON output: set structured.json_schema too")
         if self.structured.choice and self.parser.answer_marker:
             raise ConfigError("structured.choice makes the output exactly a label, with no room for an answer marker; use structured.regex")
+        self._check_fan_out()
         if not self.output_column:
             object.__setattr__(self, "output_column", self.name if self.output == "list" else "label")
         # Examples show the model the answer format, so each must read back through
@@ -272,6 +298,29 @@ class TaskSpec:
                 raise ConfigError(
                     f"examples: output {ex.output!r} of example {ex.input!r} does not parse with the task's parser: {parsed.error}"
                 )
+
+    def _check_fan_out(self) -> None:
+        if self.sampling.n > 1 and (self.output != "list" or self.structured.json_schema is not None or self.parser.answer_marker):
+            raise ConfigError(
+                f"sampling.n = {self.sampling.n} unions the items of several answers: it needs output: list without "
+                "structured.json_schema or parser.answer_marker; set sampling.n to 1"
+            )
+        if not self.target_languages:
+            return
+        if len(set(self.target_languages)) != len(self.target_languages):
+            repeated = sorted({code for code in self.target_languages if self.target_languages.count(code) > 1})
+            raise ConfigError(f"target_languages lists {', '.join(repeated)} more than once; list each language once")
+        own = {code for code, _ in self.instruction_by_language}
+        fallback = [code for code in self.target_languages if code not in own]
+        template = _placeholders("template.prefix", self.template.prefix) | _placeholders("template.query", self.template.query)
+        names_language = "{language_name}" in self.instruction or bool(LANGUAGE_PLACEHOLDERS & template)
+        if fallback and not names_language:
+            shown = ", ".join(fallback[:8]) + (f" and {len(fallback) - 8} more" if len(fallback) > 8 else "")
+            raise ConfigError(
+                f"target_languages: {shown} have no instruction_by_language, and the fallback prompt does not name the target "
+                "language; put {language_name} in instruction (or {language_name} / {language} in template.prefix or "
+                "template.query) so that their answers come in the target language"
+            )
 
     @property
     def shown_examples(self) -> tuple[Example, ...]:
@@ -300,19 +349,27 @@ class TaskSpec:
     def fingerprint(self) -> str:
         """A digest of everything in the spec that can change an answer or its parse.
 
-        Gates and the description are left out: they change no answer, so editing
-        them does not make a rerun regenerate anything. So is the adapter's path: the
-        job folds the adapter's content digest in instead (see ``pipelines.cache_job``),
-        so moving an adapter directory does not count as a change, and retraining one does.
+        Gates, the description and the list of ``target_languages`` are left out: they
+        change no answer, so editing them does not make a rerun regenerate anything (a
+        row's target language is its ``language``, on which reuse matches as well;
+        ``sampling.n`` is in, when above 1). So is the adapter's path: the job folds the
+        adapter's content digest in instead (see ``pipelines.cache_job``), so moving an
+        adapter directory does not count as a change, and retraining one does.
         """
         spec = dataclasses.asdict(self)
         del spec["gates"], spec["description"], spec["adapter"]
         # Left out when unused, so tasks without them keep the fingerprint they had.
+        # The list of target languages is left out too: it changes no answer. Each row's prompt
+        # is fixed by the rest of the spec, the key and the row's language, which reuse matches
+        # on; so adding a target language generates only the new (key, language) pairs.
+        del spec["target_languages"]
         for name in ("examples_by_language", "instruction_by_language"):
             if not spec[name]:
                 del spec[name]
         if not spec["sampling"]["ignore_eos"]:
             del spec["sampling"]["ignore_eos"]
+        if spec["sampling"]["n"] == 1:
+            del spec["sampling"]["n"]
         payload = json.dumps({"spec": spec, "parser_version": PARSER_VERSION}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -443,6 +500,8 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str) -> Any:
             )
         elif f.name == "instruction_by_language":
             value = _by_language(where, value, str)
+        elif f.name == "target_languages":
+            value = _target_languages(value)
         elif f.name in ("labels", "stop", "separators"):
             if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where} must be a list of strings, got {value!r}")
@@ -486,6 +545,15 @@ def _by_language(where: str, value: Any, kind: type) -> tuple[tuple[str, Any], .
             raise ConfigError(f"{where}.{code} must be {what}, got {item!r}")
         pairs.append((code, item))
     return tuple(sorted(pairs))
+
+
+def _target_languages(value: Any) -> tuple[str, ...]:
+    """A list of canonical language codes (``check_language_code`` names the field, value and allowed form)."""
+    from bulkinfer.tasks.languages import check_language_code
+
+    if isinstance(value, str) or not isinstance(value, list):
+        raise ConfigError(f"target_languages must be a list of ISO 639 language codes, e.g. [en, de, ja], got {value!r}")
+    return tuple(check_language_code(f"target_languages[{i}]", code) for i, code in enumerate(value))
 
 
 def _scalar(where: str, type_name: Any, value: Any) -> Any:

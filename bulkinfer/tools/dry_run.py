@@ -158,6 +158,10 @@ def _estimate_table(
         import dataclasses
 
         groups = [dataclasses.replace(g, language=plan.detector.detect(g.query)) if g.language is None else g for g in groups]
+    if plan.task.target_languages:
+        from bulkinfer.transforms.fan_out_languages import fan_out
+
+        groups = [pair for group in groups for pair in fan_out(group, plan.task.target_languages)]
     earlier = _earlier_results(plan, job)
     split = SplitByReuse(plan.provenance.fingerprint, plan.task.sampling.temperature == 0.0)
     to_generate, reused, reused_dead = [], 0, 0
