@@ -170,3 +170,17 @@ def test_redis_export_serves_the_union_of_a_key_and_matches_per_language(tmp_pat
     assert found["item_languages"] == ["de", "de", "es", "es", "ja", "ja"]
     matches = reader.match("vuelos baratos")["matches"]
     assert [(m["concept"], m["language"]) for m in matches] == [("cheap flights", "es")]
+
+
+def test_target_languages_flag_replaces_the_list_and_names_what_is_wrong():
+    from bulkinfer.errors import ConfigError
+    from bulkinfer.pipelines.plan import with_target_languages
+
+    assert with_target_languages(load_task("synonyms_worldwide"), " de, ja ").target_languages == ("de", "ja")
+    with pytest.raises(ConfigError, match=r"--target_languages: 'klingon' is not a language code"):
+        with_target_languages(load_task("synonyms_worldwide"), "de,klingon")
+    with pytest.raises(ConfigError, match=r"--target_languages must list language codes separated by commas"):
+        with_target_languages(load_task("synonyms_worldwide"), " , ")
+    # The plain synonyms task cannot ask for a target language: its instruction names none.
+    with pytest.raises(ConfigError, match=r"--target_languages de: task synonyms: target_languages: de have no instruction_by_language"):
+        with_target_languages(load_task("synonyms"), "de")
