@@ -631,10 +631,9 @@ def write_match_index(table: str, version: str) -> MatchSummary | None:
     manifest = layout.read_manifest(vdir)
     if manifest.get("output_kind") != "list" or "://" in vdir:
         return None
-    rows = layout.read_shards(vdir, layout.PREDICTIONS)
-    if rows is None:
-        raise TableError(f"{vdir} has no {layout.PREDICTIONS}-*.parquet files")
-    return build_match_index(vdir, rows, version, manifest)
+    from bulkinfer.lookup.union import read_lookup_rows  # union names match's columns: imported here, not at the top
+
+    return build_match_index(vdir, read_lookup_rows(vdir, manifest), version, manifest)
 
 
 def open_match_index(table: str, version: str, manifest: dict[str, Any], cache_dir: str | os.PathLike[str] | None = None) -> MatchIndex:
@@ -671,10 +670,9 @@ def open_match_index(table: str, version: str, manifest: dict[str, Any], cache_d
         if index is not None:
             return index
     _LOG.info("building the match index of %s version %s into %s (once)", table, version, cached)
-    rows = layout.read_shards(own, layout.PREDICTIONS)
-    if rows is None:
-        raise TableError(f"{own} has no {layout.PREDICTIONS}-*.parquet files")
-    build_match_index(cached, rows, version, manifest)
+    from bulkinfer.lookup.union import read_lookup_rows
+
+    build_match_index(cached, read_lookup_rows(own, manifest), version, manifest)
     return MatchIndex(cached)
 
 

@@ -35,6 +35,7 @@ from bulkinfer.errors import ConfigError, TableError
 from bulkinfer.format import layout
 from bulkinfer.keys import normalize_key
 from bulkinfer.lookup.match import ITEM_LANGUAGES
+from bulkinfer.lookup.union import read_lookup_rows
 
 PREFIX = "bulkinfer"
 """First segment of every key the export writes."""
@@ -141,14 +142,12 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
     version, manifest = layout.resolve_version(table, version)
     vdir = layout.version_dir(table, version)
     output = str(manifest.get("output_column", ""))
-    rows = layout.read_shards(vdir, layout.PREDICTIONS)
-    if rows is None:
-        raise TableError(f"{vdir} has no {layout.PREDICTIONS}-*.parquet files")
+    rows = read_lookup_rows(vdir, manifest)  # fanned out: one row per key, its languages' items unioned
     client = client or connect(config.url)
     started = time.perf_counter()
     # Registered before the first write, so an export that dies half way is found and expired by the next.
     client.sadd(namespaces_key(config.name), version)
-    written = _write(client, config, version, output, _one_per_key(rows, manifest))
+    written = _write(client, config, version, output, rows)
     items = _write_matches(client, config, version, output, rows) if manifest.get("output_kind") == "list" else 0
     meta = {
         "version": version,
@@ -178,15 +177,6 @@ def export_version(table: str, config: RedisExportConfig, version: str | None = 
         "expiring": expiring,
         "grace_seconds": config.grace_seconds,
     }
-
-
-def _one_per_key(rows: Any, manifest: dict[str, Any]) -> Any:
-    """Fanned-out versions hold a row per key and target language; a key's value is their union."""
-    from bulkinfer.lookup.union import target_languages, union_languages
-
-    if manifest.get("output_kind") != "list" or not target_languages(manifest):
-        return rows
-    return union_languages(rows, str(manifest.get("output_column", "")), target_languages(manifest))
 
 
 def _write(client: Any, config: RedisExportConfig, version: str, output: str, rows: Any) -> int:

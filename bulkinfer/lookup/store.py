@@ -140,9 +140,11 @@ def write_store(table: str, version: str) -> str:
     Raises:
         TableError: the version is incomplete or has no prediction shards.
     """
+    from bulkinfer.lookup.union import read_lookup_rows
+
     vdir = layout.version_dir(table, version)
     manifest = layout.read_manifest(vdir)
-    rows = _read_rows(vdir, manifest)
+    rows = read_lookup_rows(vdir, manifest)
     target = fs.join(vdir, STORE)
     if "://" not in target:
         build_store(target, rows, version, manifest)
@@ -199,8 +201,10 @@ def open_store(table: str, version: str, manifest: dict[str, Any], cache_dir: st
         store = _open_matching(cached, version, digest)
         if store is not None:
             return store
+    from bulkinfer.lookup.union import read_lookup_rows
+
     _LOG.info("building the lookup store of %s version %s into %s (once)", table, version, cached)
-    build_store(cached, _read_rows(layout.version_dir(table, version), manifest), version, manifest)
+    build_store(cached, read_lookup_rows(layout.version_dir(table, version), manifest), version, manifest)
     return Store(cached)
 
 
@@ -309,18 +313,6 @@ def _constant(column: pa.ChunkedArray) -> bool:
     if len(column) == 0 or column.null_count or pa.types.is_nested(column.type):
         return False
     return bool(pc.all(pc.equal(column, column[0])).as_py())
-
-
-def _read_rows(vdir: str, manifest: dict[str, Any]) -> pa.Table:
-    from bulkinfer.lookup.union import target_languages, union_languages
-
-    rows = layout.read_shards(vdir, layout.PREDICTIONS)
-    if rows is None:
-        raise TableError(f"{vdir} has no {layout.PREDICTIONS}-*.parquet files")
-    if manifest.get("output_kind") == "list" and target_languages(manifest):
-        # Fanned out: one row per key and target language in Parquet, one row per key in the store.
-        rows = union_languages(rows, str(manifest.get("output_column", "")), target_languages(manifest))
-    return rows
 
 
 def _open_matching(path: str | os.PathLike[str], version: str, digest: str) -> Store | None:

@@ -41,6 +41,31 @@ def target_languages(manifest: dict[str, Any]) -> tuple[str, ...]:
     return tuple(spec.get("target_languages") or ())
 
 
+def read_lookup_rows(vdir: str, manifest: dict[str, Any]) -> pa.Table:
+    """A version's prediction shards as the store, the match index and the Redis export serve them
+    (:func:`one_row_per_key`).
+
+    Raises:
+        TableError: the version has no prediction shards.
+    """
+    from bulkinfer.errors import TableError
+    from bulkinfer.format import layout
+
+    rows = layout.read_shards(vdir, layout.PREDICTIONS)
+    if rows is None:
+        raise TableError(f"{vdir} has no {layout.PREDICTIONS}-*.parquet files")
+    return one_row_per_key(rows, manifest)
+
+
+def one_row_per_key(rows: pa.Table, manifest: dict[str, Any]) -> pa.Table:
+    """A version's prediction rows as lookups and matches see them: :func:`union_languages` for
+    a fanned-out list version, the rows themselves otherwise."""
+    languages = target_languages(manifest)
+    if manifest.get("output_kind") != "list" or not languages:
+        return rows
+    return union_languages(rows, str(manifest.get("output_column", "")), languages)
+
+
 def union_languages(rows: pa.Table, output_column: str, order: Sequence[str] = ()) -> pa.Table:
     """One row per key: the rows of a fanned-out version merged as the module docstring says.
 

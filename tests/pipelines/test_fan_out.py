@@ -115,6 +115,19 @@ def test_n_answers_and_languages_are_unioned_per_key_each_item_keeping_its_langu
         assert [(m["concept"], m["language"]) for m in japanese] == [("cheap flights", "ja")]
 
 
+def test_an_item_of_several_languages_has_one_language_in_lookups_and_matches(tmp_path):
+    # "covid" comes first in the Spanish answer and second in the German one: the union (target
+    # order de, es, ja) gives it to de, and the match index, built from the same union, agrees.
+    answers = {**ANSWERS, ("covid vaccine", "de"): ["corona impfung, covid"], ("covid vaccine", "es"): ["covid, vacuna covid"]}
+    _run(tmp_path, "r1", FakeHandler(answers))
+    with open_table(str(tmp_path / "table")) as table:
+        answer = table.answer("covid vaccine")
+        assert dict(zip(answer["synonyms"], answer["item_languages"], strict=True))["covid"] == "de"
+        assert [(m["concept"], m["item"], m["language"]) for m in table.match("covid", exact=True)["matches"]] == [
+            ("covid vaccine", "covid", "de")
+        ]
+
+
 def test_rerun_reuses_per_key_and_language_and_a_new_target_generates_only_its_pairs(tmp_path):
     first = _run(tmp_path, "r1", FakeHandler(ANSWERS))
     assert first["counts"]["generated"] == 6
