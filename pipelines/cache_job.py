@@ -8,8 +8,6 @@ Beam flags (``--runner``, ``--direct_num_workers``, Dataflow options, ...) pass 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from typing import Any
 
 import apache_beam as beam
@@ -20,7 +18,6 @@ from bulkinfer.format import fs, layout
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
 from bulkinfer.models.gemma import GEMMA_ALIAS
 from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler
-from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
 from bulkinfer.pipelines.plan import TablePlan, plan_tables, runner_options
 from bulkinfer.pipelines.run_tables import run_tables
 from bulkinfer.transforms.build_prompts import BuildPrompts
@@ -143,17 +140,7 @@ def run(
     """
     job = PipelineOptions(argv).view_as(CacheJobOptions)
     plans = plan_tables(job, real_engine=model_handler is None)
-    options = runner_options(argv, job)
-    # Live progress counts: per-process files in a local directory, so only where the workers share this host.
-    progress_dir = options.view_as(ConsoleOptions).progress_dir if counts_locally(options) else None
-    own_progress_dir = progress_dir is None and counts_locally(options)
-    if own_progress_dir:
-        progress_dir = tempfile.mkdtemp(prefix="bulkinfer-progress-")
-    try:
-        return run_tables(options, job, plans, _build, model_handler, test_pipeline, progress_dir)
-    finally:
-        if own_progress_dir:
-            shutil.rmtree(progress_dir, ignore_errors=True)
+    return run_tables(runner_options(argv, job), job, plans, _build, model_handler, test_pipeline)
 
 
 def _build(
@@ -183,14 +170,9 @@ def _build(
     checkpoints = layout.checkpoint_dir(plan.output, provenance.run_id)
     # A --full run regenerates everything, but still resumes its own killed attempt.
     reuse_checkpoints = checkpoints if job.full else fs.join(plan.output, layout.CHECKPOINTS, "*")
-    sources = {
-        "previous": _read_results(pipeline, "Previous", reuse_from, layout.PREDICTIONS),
-        "previous_dead": _read_results(pipeline, "PreviousDead", reuse_from, layout.DEAD_LETTER),
-        "checkpoint": _read_results(pipeline, "Checkpoint", reuse_checkpoints, layout.PREDICTIONS),
-        "checkpoint_dead": _read_results(pipeline, "CheckpointDead", reuse_checkpoints, layout.DEAD_LETTER),
-    }
     greedy = task.sampling.temperature == 0.0
-    to_generate, reused, reused_dead = (groups, sources) | "ReuseResults" >> ReuseResults(provenance.fingerprint, greedy)
+    reuse = ReuseResults(provenance.fingerprint, greedy, reuse_from, reuse_checkpoints)
+    to_generate, reused, reused_dead = groups | "ReuseResults" >> reuse
     to_generate = count(to_generate, "to_generate")
     reused, reused_dead = count(reused, "reused"), count(reused_dead, "reused", "reused_dead")
     requests = to_generate | "BuildPrompts" >> BuildPrompts(task)
@@ -206,13 +188,6 @@ def _build(
     predictions = (generated, reused) | "Predictions" >> beam.Flatten()
     dead = count((bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten(), "dead_lettered")
     _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, schema)
-
-
-def _read_results(pipeline: beam.Pipeline, label: str, directory: str | None, kind: str) -> beam.PCollection:
-    pattern = fs.join(directory, f"{kind}-*.parquet") if directory else None
-    if pattern is None or not fs.match(pattern):
-        return pipeline | f"No{label}" >> beam.Create([])
-    return pipeline | f"Read{label}" >> beam.io.ReadFromParquet(pattern)
 
 
 if __name__ == "__main__":

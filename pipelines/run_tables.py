@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
@@ -22,6 +25,7 @@ from bulkinfer.format import layout
 from bulkinfer.format.lock import TableLock
 from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoints, publish_version
 from bulkinfer.models.vllm_handler import release_shared_engine
+from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
 from bulkinfer.pipelines.plan import TablePlan, for_workers, make_handler
 from bulkinfer.pipelines.run_record import record_run
 from bulkinfer.pipelines.summary import summarise
@@ -42,7 +46,6 @@ def run_tables(
     build: BuildPipeline,
     model_handler: ModelHandler | None,
     test_pipeline: beam.Pipeline | None,
-    progress_dir: str | None,
 ) -> dict[str, Any]:
     """Builds, runs and publishes one table per plan, one after the other, under each table's lock.
 
@@ -57,7 +60,6 @@ def run_tables(
         build: adds the job's stages to a pipeline (the job file's wiring).
         model_handler: replaces the vLLM handler (tests use a fake one).
         test_pipeline: a ``TestPipeline`` to run on instead of a new pipeline.
-        progress_dir: where counting steps write live progress, or None.
 
     Returns:
         The published manifest; with several plans, ``{"tables": {table: manifest}}``.
@@ -66,6 +68,35 @@ def run_tables(
         GateError: a gate held a version back (with several plans: after the others
             were published), carrying the run's manifests.
     """
+    with _progress_dir(options) as progress_dir:
+        return _run_plans(options, job, plans, build, model_handler, test_pipeline, progress_dir)
+
+
+@contextmanager
+def _progress_dir(options: PipelineOptions) -> Iterator[str | None]:
+    """Where counting steps write live progress: per-process files in a local directory, so
+    only where the workers share this host (None elsewhere); a temporary one unless given."""
+    if not counts_locally(options):
+        yield None
+        return
+    given = options.view_as(ConsoleOptions).progress_dir
+    progress_dir = given or tempfile.mkdtemp(prefix="bulkinfer-progress-")
+    try:
+        yield progress_dir
+    finally:
+        if not given:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+
+
+def _run_plans(
+    options: PipelineOptions,
+    job: CacheJobOptions,
+    plans: list[TablePlan],
+    build: BuildPipeline,
+    model_handler: ModelHandler | None,
+    test_pipeline: beam.Pipeline | None,
+    progress_dir: str | None,
+) -> dict[str, Any]:
     if len(plans) == 1:
         handler = model_handler or make_handler(job, plans[0], share_as=None)
         return _run_table(options, job, plans[0], build, handler, test_pipeline, progress_dir)

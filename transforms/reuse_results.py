@@ -10,6 +10,8 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from bulkinfer.errors import Reason
+from bulkinfer.format import fs
+from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
 from bulkinfer.format.records import METRICS_NAMESPACE
 
 REUSED = "reused"
@@ -64,6 +66,13 @@ class SplitByReuse(beam.DoFn):
         return None
 
 
+def _read_results(pipeline: beam.Pipeline, name: str, directory: str | None, kind: str) -> beam.PCollection:
+    pattern = fs.join(directory, f"{kind}-*.parquet") if directory else None
+    if pattern is None or not fs.match(pattern):
+        return pipeline | f"No_{name}" >> beam.Create([])
+    return pipeline | f"Read_{name}" >> beam.io.ReadFromParquet(pattern)
+
+
 SOURCES = ("previous", "previous_dead", "checkpoint", "checkpoint_dead")
 """The result sources ``ReuseResults`` joins, by name."""
 
@@ -80,25 +89,28 @@ class ReuseResults(beam.PTransform):
     result was a deterministic dead letter (``prompt_too_long``; ``unparseable_output``
     under greedy decoding) with the same fingerprint and language keeps that dead letter.
     A key fanned out into target languages is reused per language: a rerun that adds a
-    target generates only the new (key, language) pairs. Returns ``(to_generate,
-    reused_predictions, reused_dead_letters)``.
+    target generates only the new (key, language) pairs. Applied to the keys' groups;
+    returns ``(to_generate, reused_predictions, reused_dead_letters)``.
     """
 
-    def __init__(self, fingerprint: str, greedy: bool):
+    def __init__(self, fingerprint: str, greedy: bool, published: str | None, checkpoints: str):
         """Args:
         fingerprint: this run's fingerprint (``Provenance.fingerprint``).
         greedy: whether the task samples at temperature 0 (same prompt, same answer).
+        published: the published version's directory to reuse from, or None (first run, ``--full``).
+        checkpoints: the checkpoint directory (or glob of directories) to resume from.
         """
         super().__init__()
         self._fingerprint = fingerprint
         self._greedy = greedy
+        self._directories = {"previous": published, "checkpoint": checkpoints}
 
-    def expand(self, inputs: tuple[beam.PCollection, dict[str, beam.PCollection]]) -> tuple[beam.PCollection, ...]:
-        groups, sources = inputs
+    def expand(self, groups: beam.PCollection) -> tuple[beam.PCollection, ...]:
         keyed = {"groups": groups | "KeyGroups" >> beam.Map(lambda g: (g.key, g))}
         for name in SOURCES:
+            source, _, dead = name.partition("_")
             keyed[name] = (
-                sources[name]
+                _read_results(groups.pipeline, name, self._directories[source], DEAD_LETTER if dead else PREDICTIONS)
                 | f"Keyed_{name}" >> beam.Filter(lambda row: row.get("key") is not None)
                 | f"Key_{name}" >> beam.Map(lambda row: (row["key"], row))
             )
