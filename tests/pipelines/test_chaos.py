@@ -5,7 +5,7 @@ watched: the moments at which its files appear mark off its phases, and give eac
 phase's measured length. Then a job is started the way a scheduler starts it (the CLI,
 its own process, its own vLLM engine) and killed with ``kill -9`` (its process group);
 the rerun of the killed job is the next round's run (the same command), killed in turn;
-a last rerun runs to completion. Ten kills over two such jobs, each aimed at one phase
+a last rerun runs to completion. Ten kills over such jobs, each aimed at one phase
 (start-up, with the engine loading; generation, with its checkpoint writes; the version
 write; the manifest and report; the store and match-index build; the publish): a round
 waits for the phase to begin in its run, then kills at a random point of the phase's
@@ -55,15 +55,17 @@ PHASES = (
     ("store and match-index build", "current"),
     ("publish and cleanup", None),
 )
-# Two jobs, each killed over and over (the rerun of a killed run is the next round's run), then
-# rerun to completion in this process. Each round aims at one phase, by index into PHASES, in the
-# order a chain of reruns reaches them. v1 has keys to generate: its kills are those of the start-up
-# (the engine loads only while keys are left to generate) and the generation. v2 has the same keys,
-# all reused from v1: its runs start no engine, which makes the kills after the generation cheap.
+# Jobs killed over and over (the rerun of a killed run is the next round's run), each then rerun
+# to completion in this process. Each round aims at one phase, by index into PHASES, in the order
+# a chain of reruns reaches them. v1 has keys to generate: its kills are those of the start-up (the
+# engine loads only while keys are left to generate) and the generation. The later jobs (v2, ...)
+# have the same keys, all reused: their runs start no engine, which makes the kills after the
+# generation cheap; where a kill lands after the publish, the next round starts the next job.
 # The measured run, in this process, has no interpreter start-up: the start-up kill uses the length
 # the first round measured.
-JOBS = (("v1", (1, 0, 2)), ("v2", (3, 4, 5, 3, 4, 5, 6)))
-TARGETS = tuple(target for _, targets in JOBS for target in targets)
+FIRST_JOB = (1, 0, 2)
+LATER_JOBS = (3, 4, 5, 3, 4, 5, 6)
+TARGETS = FIRST_JOB + LATER_JOBS
 
 
 class Watcher(threading.Thread):
@@ -212,44 +214,51 @@ def test_kill_9_at_random_moments_never_breaks_the_table_or_its_readers(tiny_mod
 
     # The killed jobs: the first corpus again (reused) plus new keys to generate.
     corpus = write_corpus(tmp_path / "v1.parquet", FIRST + NEW + BAD + REPEATS)
-    corpora |= {version: set(FIRST) | set(NEW) for version, _ in JOBS}
     reader = Reader(table)
     reader.start()
     kills, per_phase = [], {i: 0 for i in range(len(PHASES))}
     started = time.monotonic()
+
+    def finish(version: str) -> None:
+        # The last rerun of a job runs to completion (in this process: the same job, on the shared engine if it must generate).
+        run(argv(corpus, version))
+        assert _check_table(table, corpora) == version
+        assert not (table / "checkpoints").exists() and not (table / "LOCK").exists()
+
+    version, later = "v1", iter(f"v{n}" for n in range(2, 2 + len(LATER_JOBS)))
     try:
-        for version, targets in JOBS:
+        for round_, target in enumerate(TARGETS):
+            if round_ >= len(FIRST_JOB) and (version == "v1" or layout.read_current_or_none(str(table)) == version):
+                finish(version)
+                version = next(later)
+            corpora[version] = set(FIRST) | set(NEW)
             command = [sys.executable, "-m", "bulkinfer.cli", "run", *argv(corpus, version)]
-            for target in targets:
-                # Two kills aimed at one phase fall in different halves of it.
-                stratum = per_phase[target] = per_phase[target] + 1
-                share = (stratum - 1 + rng.random()) / TARGETS.count(target)
-                # Its own process group, killed whole, as a scheduler kills a job (its cgroup or container): killing
-                # only the main process would leave the engine's processes (vLLM's EngineCore and worker) running.
-                job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-                watch = Watcher(table, version, job.pid)
-                watch.start()
-                moment = None
-                if watch.wait_for(PHASES[target - 1][1] if target else None, job):
-                    watch.sleep_within(target, measured[target] * share, job)
-                    os.killpg(job.pid, signal.SIGKILL)
-                    moment = round(time.monotonic() - watch.started, 2)
-                job.wait(timeout=600)
-                with contextlib.suppress(ProcessLookupError):  # a run that ended by itself: stop what it may have left
-                    os.killpg(job.pid, signal.SIGKILL)
-                time.sleep(0.05)  # the watcher's last look
-                watch.stop.set()
-                if not kills:
-                    measured[0] = watch.seen.get("lock", measured[0])
-                    print(f"measured phases (s): { {PHASES[i][0]: round(d, 2) for i, d in measured.items()} }")
-                kills.append((PHASES[target][0], watch.phase(), moment, job.returncode))
-                verdict = "killed" if job.returncode == -signal.SIGKILL else f"exit {job.returncode}"
-                print(f"  {version} aimed at {kills[-1][0]!r}: {verdict} at {moment} s in {kills[-1][1]!r}")
-                assert _check_table(table, corpora) in ("v0", "v1", "v2")
-            # The last rerun runs to completion (in this process: the same job, on the shared engine if it must generate).
-            run(argv(corpus, version))
-            assert _check_table(table, corpora) == version
-            assert not (table / "checkpoints").exists() and not (table / "LOCK").exists()
+            # Two kills aimed at one phase fall in different halves of it.
+            stratum = per_phase[target] = per_phase[target] + 1
+            share = (stratum - 1 + rng.random()) / TARGETS.count(target)
+            # Its own process group, killed whole, as a scheduler kills a job (its cgroup or container): killing
+            # only the main process would leave the engine's processes (vLLM's EngineCore and worker) running.
+            job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            watch = Watcher(table, version, job.pid)
+            watch.start()
+            moment = None
+            if watch.wait_for(PHASES[target - 1][1] if target else None, job):
+                watch.sleep_within(target, measured[target] * share, job)
+                os.killpg(job.pid, signal.SIGKILL)
+                moment = round(time.monotonic() - watch.started, 2)
+            job.wait(timeout=600)
+            with contextlib.suppress(ProcessLookupError):  # a run that ended by itself: stop what it may have left
+                os.killpg(job.pid, signal.SIGKILL)
+            time.sleep(0.05)  # the watcher's last look
+            watch.stop.set()
+            if not kills:
+                measured[0] = watch.seen.get("lock", measured[0])
+                print(f"measured phases (s): { {PHASES[i][0]: round(d, 2) for i, d in measured.items()} }")
+            kills.append((PHASES[target][0], watch.phase(), moment, job.returncode))
+            verdict = "killed" if job.returncode == -signal.SIGKILL else f"exit {job.returncode}"
+            print(f"  {version} aimed at {kills[-1][0]!r}: {verdict} at {moment} s in {kills[-1][1]!r}")
+            assert _check_table(table, corpora) in corpora
+        finish(version)
     finally:
         reader.stop.set()
         reader.join(timeout=30)
