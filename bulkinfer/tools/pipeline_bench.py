@@ -2,7 +2,7 @@
 
 Runs the real cache job (every stage, Parquet in, published table out) over a corpus
 of N distinct queries with :class:`InstantHandler` in place of vLLM: a ModelHandler
-that answers every prompt at once with the same short list. What is left is the
+that answers every prompt at once with a short list of its own. What is left is the
 host-side work of the pipeline (reading, normalising, deduping, reuse, prompts,
 parsing, checkpoints, writing, accounting, gates, the lookup store), which bounds
 throughput however fast the engine is.
@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ANSWER = " alternative one, alternative two, alternative three"
-"""What the stand-in engine answers to every prompt (three synonyms)."""
+ANSWER = " {key} one, {key} two, {key} three"
+"""What the stand-in engine answers to a prompt: three synonyms made from its key. Distinct per key as a
+real model's answers are; one answer shared by every key would make each item ambiguous between all
+the concepts, a case the match index's summary is not built for."""
 
 
 class StandInModel:
@@ -41,7 +43,7 @@ def _instant_handler() -> Any:
     from bulkinfer.format.records import METRICS_NAMESPACE, Generation
 
     class InstantHandler(ModelHandler):
-        """Answers every prompt with :data:`ANSWER` at once, counting generations like the real handler."""
+        """Answers every prompt with :data:`ANSWER` for its key at once, counting generations like the real handler."""
 
         def __init__(self) -> None:
             super().__init__(min_batch_size=1, max_batch_size=4096)
@@ -53,7 +55,10 @@ def _instant_handler() -> Any:
         def run_inference(self, batch: Sequence[Any], model: StandInModel, inference_args: Any = None) -> list[Any]:
             self._generated.inc(len(batch))
             return [
-                Generation(request=r, text=ANSWER, prompt_tokens=len(r.prompt) // 4, output_tokens=9, finish_reason="stop") for r in batch
+                Generation(
+                    request=r, text=ANSWER.format(key=r.key), prompt_tokens=len(r.prompt) // 4, output_tokens=9, finish_reason="stop"
+                )
+                for r in batch
             ]
 
     return InstantHandler()
