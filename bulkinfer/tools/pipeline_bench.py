@@ -87,7 +87,7 @@ def run_pipeline_bench(rows: int, repeats: int = 3, workdir: str | None = None) 
 
     Returns:
         ``{"rows", "repeats", "full": {...}, "rerun": {...}}`` with wall seconds,
-        rows/s, µs per row and peak RSS (MB) for each.
+        rows/s, µs per row, CPU seconds of the job's process and peak RSS (MB) for each.
     """
     with tempfile.TemporaryDirectory(prefix="bulkinfer-pipeline-bench-", dir=workdir) as tmp:
         root = Path(tmp)
@@ -114,7 +114,14 @@ def _measure(argv: list[str], log: Path) -> dict[str, Any]:
     if code != 0:
         raise RuntimeError(f"pipeline bench run {' '.join(argv)} failed with exit {code}: {log.read_text()[-2000:]}")
     counts = json.loads(out.strip().splitlines()[-1])["counts"]
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "generated": counts["generated"], "reused": counts["reused"]}
+    return {
+        "seconds": seconds,
+        # CPU seconds of the run's own process: on a shared machine, less at the mercy of other load than wall time.
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "generated": counts["generated"],
+        "reused": counts["reused"],
+    }
 
 
 def _median(samples: list[dict[str, Any]], rows: int) -> dict[str, Any]:
@@ -123,6 +130,7 @@ def _median(samples: list[dict[str, Any]], rows: int) -> dict[str, Any]:
         "wall_s": round(seconds, 2),
         "rows_per_s": round(rows / seconds),
         "us_per_row": round(seconds / rows * 1e6, 1),
+        "cpu_s": round(statistics.median(s["cpu_s"] for s in samples), 2),
         "peak_rss_mb": round(statistics.median(s["peak_rss_mb"] for s in samples)),
         "generated": samples[-1]["generated"],
         "reused": samples[-1]["reused"],
