@@ -147,10 +147,11 @@ class KeyTable(beam.DoFn):
         distinct_keys = merged.column("key").to_pylist()
         buckets = np.fromiter((key_bucket(k, self._buckets) for k in distinct_keys), np.int64, len(distinct_keys))
         order = np.argsort(buckets, kind="stable")
-        merged, buckets = merged.take(pa.array(order)), buckets[order]
+        buckets = buckets[order]
         starts = np.flatnonzero(np.diff(buckets, prepend=-1))
         for start, end in zip(starts, [*starts[1:], len(buckets)], strict=True):
-            yield int(buckets[start]), merged.slice(start, end - start)
+            # take, not slice: a pickled slice carries its parent's whole buffers, so 64 slices would ship the table 64 times.
+            yield int(buckets[start]), merged.take(pa.array(order[start:end]))
 
     def _fields_rank(self, table: pa.Table) -> pa.Array:
         if not self._fields:

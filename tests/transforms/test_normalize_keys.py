@@ -1,3 +1,5 @@
+import pickle
+
 import apache_beam as beam
 import pyarrow as pa
 import pytest
@@ -5,6 +7,7 @@ from apache_beam.testing.test_pipeline import TestPipeline  # noqa: I001
 from apache_beam.testing.util import assert_that, equal_to
 
 from bulkinfer.format.records import Provenance, QueryGroup
+from bulkinfer.transforms.key_tables import KEY_BUCKETS, KeyTable
 from bulkinfer.transforms.normalize_keys import KeyRow, NormalizeKeys, PickRepresentative, to_query_group
 
 PROVENANCE = Provenance(run_id="r", model="m", model_digest="d", task="t", task_fingerprint="f", fingerprint="g", engine="e")
@@ -109,3 +112,13 @@ def test_a_bytes_query_column_is_keyed_row_by_row():
         groups, dead = p | beam.Create([pa.Table.from_pylist(rows)]) | NormalizeKeys("query", [], PROVENANCE)
         assert_that(groups, equal_to(expected_groups), label="groups")
         assert_that(dead | beam.Map(lambda d: d["reason"]), equal_to([d["reason"] for d in expected_dead]), label="dead")
+
+
+def test_bucket_tables_carry_only_their_own_rows_when_pickled():
+    """Beam pickles each (bucket, table) for the shuffle: a slice would carry its parent table's whole buffers."""
+    table = pa.table({"query": [f"query number {i}" for i in range(20_000)]})
+    outputs = list(KeyTable("query", [], PROVENANCE).process(table))
+    assert len(outputs) == KEY_BUCKETS
+    assert sum(t.num_rows for _, t in outputs) == table.num_rows
+    shipped = sum(len(pickle.dumps(t)) for _, t in outputs)
+    assert shipped < 3 * len(pickle.dumps(table)), f"{shipped:,} bytes pickled for a {len(pickle.dumps(table)):,}-byte table"
