@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 
 from bulkinfer.format.progress import COUNTS, process_counts
 from bulkinfer.format.records import Generation
@@ -21,7 +22,9 @@ class _Count(beam.DoFn):
         self._counts = process_counts(self._directory)
 
     def process(self, element: Any) -> Iterator[Any]:
-        if isinstance(element, Generation) and not element.error_reason:
+        if isinstance(element, pa.Table):  # a table of rows counts its rows
+            self._counts.add(self._name, element.num_rows)
+        elif isinstance(element, Generation) and not element.error_reason:
             self._counts.add(self._name, 1, prompt_tokens=element.prompt_tokens, output_tokens=element.output_tokens)
         else:
             self._counts.add(self._name)
@@ -34,7 +37,7 @@ class _Count(beam.DoFn):
 class CountProgress(beam.PTransform):
     """Passes every element through unchanged and counts it under ``name`` for the live progress display.
 
-    Generations also add their prompt and output tokens (and to the token-length
+    A ``pyarrow.Table`` counts as its rows. Generations also add their prompt and output tokens (and to the token-length
     histograms). Counts go to one file per worker process under ``directory``
     (:mod:`bulkinfer.format.progress`), a local directory: the display reads it from
     the main process, so this only counts on runners whose workers share the host.

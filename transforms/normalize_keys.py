@@ -32,7 +32,7 @@ class KeyRow(beam.DoFn):
         self._unrecognised = Metrics.counter(METRICS_NAMESPACE, "language_values_unrecognised")
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        query, key, failure = self._diagnose(row)
+        query, key, failure = self.diagnose(row)
         language = self._language(row)
         if failure:
             dead = dead_letter(
@@ -61,8 +61,13 @@ class KeyRow(beam.DoFn):
             self._unrecognised.inc()  # e.g. "english" or "xx": the key's other rows, or detection, decide
         return language
 
-    def _diagnose(self, row: dict[str, Any]) -> tuple[Any, str, tuple[str, str] | None]:
-        """Returns the query text, its key, and why the row cannot be used (None if it can)."""
+    def diagnose(self, row: dict[str, Any], check_fields: bool = True) -> tuple[Any, str, tuple[str, str] | None]:
+        """Returns the query text, its key, and why the row cannot be used (None if it can).
+
+        Args:
+            row: the corpus row.
+            check_fields: also refuse a row whose template column is null.
+        """
         column = self._query_column
         query = row.get(column)
         if isinstance(query, bytes):
@@ -77,7 +82,7 @@ class KeyRow(beam.DoFn):
         key = normalize_key(query)
         if not key:
             return query, key, (Reason.EMPTY_QUERY, "query is empty after normalisation (blank, whitespace or control characters)")
-        missing = [name for name in self._fields if row.get(name) is None]
+        missing = [name for name in self._fields if row.get(name) is None] if check_fields else []
         if missing:
             return query, key, (Reason.MISSING_FIELD, f"template column {missing[0]!r} is null")
         return query, key, None
@@ -121,6 +126,11 @@ def to_query_group(item: tuple[str, tuple[int, Any, str | None]]) -> QueryGroup:
 class NormalizeKeys(beam.PTransform):
     """Keys every row with ``normalize_key`` and merges rows that share a key.
 
+    Takes ``pyarrow.Table`` s of corpus rows (``ReadQueries``) and works a table at a
+    time (:mod:`bulkinfer.transforms.key_tables`): the normaliser runs once per distinct
+    spelling, and spellings merge per key-hash bucket with pyarrow, by the rules of
+    :class:`KeyRow` and :class:`PickRepresentative` (which ``--dry_run`` uses row by row).
+
     Returns ``(groups, dead)``: one :class:`QueryGroup` per distinct key, and a dead-letter row for every input row without
     a usable query (null, not text, empty after normalisation, or a null template
     column). Merging happens here, before any prompt is built, so a query in 1,000
@@ -142,8 +152,10 @@ class NormalizeKeys(beam.PTransform):
         self._provenance = provenance
         self._language_column = language_column
 
-    def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        key_row = KeyRow(self._query_column, self._fields, self._provenance, self._language_column)
-        keyed = rows | "KeyRows" >> beam.ParDo(key_row).with_outputs(DEAD, main="keyed")
-        groups = keyed.keyed | "MergeSpellings" >> beam.CombinePerKey(PickRepresentative()) | "ToGroups" >> beam.Map(to_query_group)
+    def expand(self, tables: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        from bulkinfer.transforms.key_tables import KeyTable, ToGroups
+
+        key_table = KeyTable(self._query_column, self._fields, self._provenance, self._language_column)
+        keyed = tables | "KeyRows" >> beam.ParDo(key_table).with_outputs(DEAD, main="keyed")
+        groups = keyed.keyed | "MergeSpellings" >> beam.GroupByKey() | "ToGroups" >> beam.ParDo(ToGroups(self._fields))
         return groups, keyed[DEAD]

@@ -10,7 +10,7 @@ from apache_beam import pvalue
 
 from bulkinfer.errors import Reason
 from bulkinfer.format.records import Generation, Provenance, dead_letter
-from bulkinfer.tasks.parsing import parse_output
+from bulkinfer.tasks.parsing import OutputParser, compile_parser
 from bulkinfer.tasks.spec import TaskSpec
 
 DEAD = "dead"
@@ -20,6 +20,10 @@ class _Parse(beam.DoFn):
     def __init__(self, task: TaskSpec, provenance: Provenance):
         self._task = task
         self._provenance = provenance
+        self._parser: OutputParser | None = None
+
+    def setup(self) -> None:
+        self._parser = compile_parser(self._task)
 
     def process(self, generation: Generation) -> Iterator[Any]:
         request = generation.request
@@ -29,7 +33,7 @@ class _Parse(beam.DoFn):
         # Several answers (sampling.n > 1) are one answer per line: the list parser splits on
         # line breaks too, so their items come out unioned and deduplicated, first occurrence first.
         raw = "\n".join(generation.texts) if generation.texts else generation.text
-        parsed = parse_output(self._task, raw, request.key)
+        parsed = self._parser.parse(raw, request.key)
         if parsed.error is not None:
             yield self._dead(generation, Reason.UNPARSEABLE_OUTPUT, parsed.error, "parse_predictions")
             return

@@ -8,7 +8,7 @@ import apache_beam as beam
 
 
 class ReadQueries(beam.PTransform):
-    """Reads the columns a job needs from Parquet files, one dict per row.
+    """Reads the columns a job needs from Parquet files, one ``pyarrow.Table`` per row group.
 
     Paths go through Beam's FileSystems, so ``gs://`` and ``s3://`` patterns work on
     distributed runners; only the named columns are read.
@@ -24,4 +24,4 @@ class ReadQueries(beam.PTransform):
         self._columns = list(columns)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self._file_pattern, columns=self._columns)
+        return pbegin | "ReadParquet" >> beam.io.ReadFromParquetBatched(self._file_pattern, columns=self._columns)

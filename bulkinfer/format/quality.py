@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from bulkinfer.errors import Reason
 from bulkinfer.keys import normalize_key
-from bulkinfer.tasks.parsing import answer_text, parse_output, split_items
+from bulkinfer.tasks.parsing import OutputParser, answer_text, compile_parser, parse_answer, parse_output, split_items
 from bulkinfer.tasks.spec import TaskSpec
 
 _NO_LIMIT = 10**9
@@ -41,14 +41,19 @@ def is_echo(task: TaskSpec, raw: str, key: str, examples: frozenset[str]) -> boo
     example's answer copied. Label tasks: the answer repeats the query.
     """
     if task.output == "label":
-        answer = answer_text(task, raw) or ""
-        lines = [line for line in answer.splitlines() if line.strip()]
-        return bool(lines) and normalize_key(lines[0]).strip(' .:"') == key
+        return _label_answer_key(task, raw) == key
     # keep_query: the query itself stays an item; the parser reads JSON answers
     # (structured output) as well as separated text.
     parsed = parse_output(task, raw, key, keep_query=True)
     items = {normalize_key(item) for item in parsed.value or ()}
     return key in items or bool(items & examples)
+
+
+def _label_answer_key(task: TaskSpec, raw: str) -> str | None:
+    """The normalised first line of a label answer, which an echo makes the query's key; None without one."""
+    answer = answer_text(task, raw) or ""
+    lines = [line for line in answer.splitlines() if line.strip()]
+    return normalize_key(lines[0]).strip(' .:"') if lines else None
 
 
 def example_leaks(task: TaskSpec, raw: str, key: str) -> int:
@@ -90,35 +95,125 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
             "churn_rate": None,
             "churn_compared": 0,
         }
-    keys = rows.column("key").to_pylist()
-    outputs = rows.column(task.output_column).to_pylist()
-    raws = rows.column("raw_output").to_pylist()
-    empty = sum(1 for value in outputs if not value)
-    examples = example_keys(task)
-    echoes = sum(1 for key, raw in zip(keys, raws, strict=True) if is_echo(task, raw or "", key, examples))
-    leaks = [example_leaks(task, raw or "", key) for key, raw in zip(keys, raws, strict=True)]
-    cut = rows.column("finish_reason").to_pylist().count("length") if "finish_reason" in rows.column_names else 0
+    import pyarrow.compute as pc
+
+    keys = rows.column("key").combine_chunks()
+    outputs = rows.column(task.output_column)
+    echoes, leak_rows, leak_items = _echoes_and_leaks(task, keys, pc.fill_null(rows.column("raw_output"), "").combine_chunks())
+    cut = int(pc.sum(pc.equal(rows.column("finish_reason"), "length")).as_py() or 0) if "finish_reason" in rows.column_names else 0
     out |= {
-        "empty_rate": empty / n,
+        "empty_rate": _count_empty(outputs) / n,
         "echo_rate": echoes / n,
         "length_rate": cut / n,
-        "example_leak_rate": sum(1 for count in leaks if count) / n,
-        "example_leaks": sum(leaks),
+        "example_leak_rate": leak_rows / n,
+        "example_leaks": leak_items,
     }
     if previous is None or previous.num_rows == 0 or task.output_column not in previous.column_names:
         return out | {"churn_rate": None, "churn_compared": 0}
     # Fanned-out tasks have a row per key and target language: a row is compared with its own language's.
     by_language = bool(task.target_languages) and "language" in rows.column_names and "language" in previous.column_names
-    ids = list(zip(keys, rows.column("language").to_pylist(), strict=True)) if by_language else keys
-    previous_ids = (
-        list(zip(previous.column("key").to_pylist(), previous.column("language").to_pylist(), strict=True))
-        if by_language
-        else previous.column("key").to_pylist()
+    on = ["key", "language"] if by_language else ["key"]
+    shared, changed = _churn(rows.select(on), outputs, previous.select(on), previous.column(task.output_column))
+    return out | {"churn_rate": changed / shared if shared else None, "churn_compared": shared}
+
+
+def _echoes_and_leaks(task: TaskSpec, keys: pa.Array, raws: pa.Array) -> tuple[int, int, int]:
+    """Rows that echo (:func:`is_echo`), rows with example leaks, and leaked items (:func:`example_leaks`).
+
+    Each distinct raw output is parsed once, in Python; what depends on the row's
+    key is then a column operation. For a key that is no example input, the parser
+    drops the same items whatever the key (every example's items), so what an
+    output keeps is the raw text's alone; the few keys that are example inputs take
+    the per-row path.
+    """
+    import pyarrow.compute as pc
+
+    encoded = raws.dictionary_encode()
+    distinct, index = encoded.dictionary.to_pylist(), encoded.indices
+    if task.output == "label":
+        answers = pa.array([_label_answer_key(task, raw) for raw in distinct], pa.string())
+        return int(pc.sum(pc.equal(pc.take(answers, index), keys)).as_py() or 0), 0, 0
+    parser = compile_parser(task)
+    examples, copied = example_keys(task), parser.every_example_item
+    kept_pairs: list[str] = []  # "raw index\0item" for the items a non-example key's answer keeps
+    leaked_pairs: list[str] = []  # ... and for those it drops as copies of an example
+    copies_example: list[bool] = []
+    leaked_count: list[int] = []
+    for i, raw in enumerate(distinct):
+        items = _candidate_items(parser, raw)
+        kept = [item for item in items if item not in copied][: task.parser.max_items]
+        leaked = [item for item in items if item in copied]
+        kept_pairs += (f"{i}\0{item}" for item in kept)
+        leaked_pairs += (f"{i}\0{item}" for item in leaked)
+        copies_example.append(any(item in examples for item in kept))
+        leaked_count.append(len(leaked))
+    row_pairs = pc.binary_join_element_wise(pc.cast(index, pa.string()), keys, "\0")
+    repeats_key = pc.is_in(row_pairs, value_set=pa.array(kept_pairs, pa.string()))
+    # The parser never counts the query itself as a leak: its own key leaves one leaked item out.
+    leaks = pc.subtract(
+        pc.take(pa.array(leaked_count, pa.int64()), index),
+        pc.cast(pc.is_in(row_pairs, value_set=pa.array(leaked_pairs, pa.string())), pa.int64()),
     )
-    before = dict(zip(previous_ids, previous.column(task.output_column).to_pylist(), strict=True))
-    shared = [(before[row_id], value) for row_id, value in zip(ids, outputs, strict=True) if row_id in before]
-    changed = sum(1 for old, new in shared if old != new)
-    return out | {"churn_rate": changed / len(shared) if shared else None, "churn_compared": len(shared)}
+    echo = pc.or_(pc.take(pa.array(copies_example, pa.bool_()), index), repeats_key)
+    general = pc.invert(pc.is_in(keys, value_set=pa.array(sorted(parser.by_input), pa.string())))
+    echoes = int(pc.sum(pc.and_(echo, general)).as_py() or 0)
+    leak_rows = int(pc.sum(pc.and_(pc.greater(leaks, 0), general)).as_py() or 0)
+    leak_items = int(pc.sum(pc.filter(leaks, general)).as_py() or 0)
+    for position in pc.indices_nonzero(pc.invert(general)).to_pylist():
+        key, raw = keys[position].as_py(), distinct[index[position].as_py()]
+        echoes += is_echo(task, raw, key, examples)
+        count = example_leaks(task, raw, key)
+        leak_rows, leak_items = leak_rows + bool(count), leak_items + count
+    return echoes, leak_rows, leak_items
+
+
+def _candidate_items(parser: OutputParser, raw: str) -> list[str]:
+    """The normalised items of a list answer before the leak filter and the item limit, the query kept."""
+    answer = answer_text(parser.task, raw)
+    if answer is None:
+        return []
+    parsed = parse_answer(parser.unlimited, answer, "")
+    return [normalize_key(item) for item in parsed.value or ()]
+
+
+def _count_empty(outputs: pa.ChunkedArray) -> int:
+    """Rows whose output is null, an empty list or an empty label."""
+    import pyarrow.compute as pc
+
+    if pa.types.is_list(outputs.type) or pa.types.is_large_list(outputs.type):
+        empty = pc.equal(pc.list_value_length(outputs), 0)
+    elif pa.types.is_string(outputs.type) or pa.types.is_large_string(outputs.type):
+        empty = pc.equal(outputs, "")
+    else:
+        return sum(1 for value in outputs.to_pylist() if not value)
+    return int(pc.sum(pc.fill_null(empty, True)).as_py() or 0)
+
+
+def _churn(ids: pa.Table, outputs: pa.ChunkedArray, before_ids: pa.Table, before: pa.ChunkedArray) -> tuple[int, int]:
+    """Rows in both versions (by their id columns: the key, and the language for fanned-out
+    tasks), and how many of them changed their output, by a join on those columns."""
+    import pyarrow.compute as pc
+
+    new = ids.append_column("new", _comparable(outputs))
+    old = before_ids.append_column("old", _comparable(before))
+    joined = new.join(old, ids.column_names, join_type="inner")
+    if joined.num_rows == 0:
+        return 0, 0
+    if joined.schema.field("new").type != joined.schema.field("old").type:
+        return joined.num_rows, joined.num_rows  # a list and a label never equal each other
+    equal = pc.equal(joined["new"], joined["old"])
+    both_null = pc.and_(pc.is_null(joined["new"]), pc.is_null(joined["old"]))
+    same = pc.if_else(pc.is_null(equal), both_null, equal)
+    return joined.num_rows, joined.num_rows - int(pc.sum(same).as_py() or 0)
+
+
+def _comparable(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Outputs as strings a join can carry: list items joined on a control character the parser never keeps."""
+    import pyarrow.compute as pc
+
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        return pc.binary_join(values, "\0")
+    return values
 
 
 def failed_gates(task: TaskSpec, quality: Mapping[str, Any]) -> list[dict[str, Any]]:

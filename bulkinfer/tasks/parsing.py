@@ -44,7 +44,9 @@ def parse_output(task: TaskSpec, raw: str, key: str, *, keep_query: bool = False
     (the model found nothing). ``label`` tasks: the first line must name one of the
     labels (case-insensitive).
 
-    Never raises on any string.
+    Never raises on any string. Loops over many rows should hold
+    ``compile_parser(task)`` and call its ``parse``: the same result without
+    looking the task's compiled parts up on every call.
 
     Args:
         task: the task spec.
@@ -55,31 +57,64 @@ def parse_output(task: TaskSpec, raw: str, key: str, *, keep_query: bool = False
     Returns:
         The typed value, or an error saying why there is none.
     """
-    answer = answer_text(task, raw)
-    if answer is None:
-        return Parsed(error=f"answer marker {task.parser.answer_marker!r} not found in the output")
-    if task.output != "list":
-        return parse_answer(task, answer, key)
-    # Parsed without the item limit first: leaks must not take the places of real items.
-    unlimited = _unlimited(task)
-    parsed = parse_answer(unlimited, answer, "" if keep_query else key)
-    if parsed.value is None:
-        return parsed
-    leaked = example_items(task, key)
-    kept: list[str] = []
-    leaks: list[str] = []
-    for item in parsed.value:
-        (leaks if normalize_key(item) in leaked else kept).append(item)
-    return Parsed(value=kept[: task.parser.max_items], example_leaks=tuple(leaks))
+    return compile_parser(task).parse(raw, key, keep_query=keep_query)
+
+
+class OutputParser:
+    """A task's parser with everything that does not depend on the row worked out once.
+
+    Hashing a task spec walks all its fields and examples, so the per-task parts
+    (the task without an item limit, the normalised example items) are looked up
+    here once instead of on every row; :func:`compile_parser` builds one per task.
+    """
+
+    def __init__(self, task: TaskSpec):
+        """Args:
+        task: the task spec whose output this parses.
+        """
+        self.task = task
+        self.unlimited = _unlimited(task)
+        self.by_input = _example_items_by_input(task) if task.output == "list" else {}
+        """Normalised items of the shown examples, by their normalised input."""
+        self.every_example_item = _every_example_item(task) if task.output == "list" else frozenset()
+        """The normalised inputs and answer items of all shown examples: what a query that is no example input must not copy."""
+
+    def parse(self, raw: str, key: str, *, keep_query: bool = False) -> Parsed:
+        """:func:`parse_output` for this parser's task."""
+        task = self.task
+        answer = answer_text(task, raw)
+        if answer is None:
+            return Parsed(error=f"answer marker {task.parser.answer_marker!r} not found in the output")
+        if task.output != "list":
+            return parse_answer(task, answer, key)
+        # Parsed without the item limit first: leaks must not take the places of real items.
+        parsed = parse_answer(self.unlimited, answer, "" if keep_query else key)
+        if parsed.value is None:
+            return parsed
+        leaked = self.example_items(key)
+        kept: list[str] = []
+        leaks: list[str] = []
+        for item in parsed.value:
+            (leaks if normalize_key(item) in leaked else kept).append(item)
+        return Parsed(value=kept[: task.parser.max_items], example_leaks=tuple(leaks))
+
+    def example_items(self, key: str) -> frozenset[str]:
+        """:func:`example_items` for this parser's task."""
+        own = self.by_input.get(key)
+        if own is None:
+            return self.every_example_item
+        return frozenset(item for example_input, items in self.by_input.items() if example_input != key for item in items)
+
+
+@functools.lru_cache(maxsize=64)
+def compile_parser(task: TaskSpec) -> OutputParser:
+    """The task's :class:`OutputParser`, built once per task."""
+    return OutputParser(task)
 
 
 def example_items(task: TaskSpec, key: str) -> frozenset[str]:
     """Normalised inputs and answer items of the shown examples, except those of an example whose input is ``key``."""
-    by_input = _example_items_by_input(task)
-    own = by_input.get(key)
-    if own is None:
-        return _every_example_item(task)
-    return frozenset(item for example_input, items in by_input.items() if example_input != key for item in items)
+    return compile_parser(task).example_items(key)
 
 
 @functools.lru_cache(maxsize=64)
@@ -128,8 +163,12 @@ def answer_text(task: TaskSpec, raw: str) -> str | None:
 
 def split_items(text: str, separators: tuple[str, ...], key: str, max_items: int) -> list[str]:
     """Splits a list answer into clean, distinct items other than the query itself."""
-    pattern = "|".join(re.escape(s) for s in (*separators, "\n"))
-    return clean_items(re.split(pattern, text), key, max_items)
+    return clean_items(_splitter(separators).split(text), key, max_items)
+
+
+@functools.lru_cache(maxsize=64)
+def _splitter(separators: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(s) for s in (*separators, "\n")))
 
 
 def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:

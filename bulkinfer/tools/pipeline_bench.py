@@ -2,7 +2,7 @@
 
 Runs the real cache job (every stage, Parquet in, published table out) over a corpus
 of N distinct queries with :class:`InstantHandler` in place of vLLM: a ModelHandler
-that answers every prompt at once with the same short list. What is left is the
+that answers every prompt at once with a short list of its own. What is left is the
 host-side work of the pipeline (reading, normalising, deduping, reuse, prompts,
 parsing, checkpoints, writing, accounting, gates, the lookup store), which bounds
 throughput however fast the engine is.
@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ANSWER = " alternative one, alternative two, alternative three"
-"""What the stand-in engine answers to every prompt (three synonyms)."""
+ANSWER = " {key} one, {key} two, {key} three"
+"""What the stand-in engine answers to a prompt: three synonyms made from its key. Distinct per key as a
+real model's answers are; one answer shared by every key would make each item ambiguous between all
+the concepts, a case the match index's summary is not built for."""
 
 
 class StandInModel:
@@ -41,7 +43,7 @@ def _instant_handler() -> Any:
     from bulkinfer.format.records import METRICS_NAMESPACE, Generation
 
     class InstantHandler(ModelHandler):
-        """Answers every prompt with :data:`ANSWER` at once, counting generations like the real handler."""
+        """Answers every prompt with :data:`ANSWER` for its key at once, counting generations like the real handler."""
 
         def __init__(self) -> None:
             super().__init__(min_batch_size=1, max_batch_size=4096)
@@ -53,7 +55,10 @@ def _instant_handler() -> Any:
         def run_inference(self, batch: Sequence[Any], model: StandInModel, inference_args: Any = None) -> list[Any]:
             self._generated.inc(len(batch))
             return [
-                Generation(request=r, text=ANSWER, prompt_tokens=len(r.prompt) // 4, output_tokens=9, finish_reason="stop") for r in batch
+                Generation(
+                    request=r, text=ANSWER.format(key=r.key), prompt_tokens=len(r.prompt) // 4, output_tokens=9, finish_reason="stop"
+                )
+                for r in batch
             ]
 
     return InstantHandler()
@@ -82,7 +87,7 @@ def run_pipeline_bench(rows: int, repeats: int = 3, workdir: str | None = None) 
 
     Returns:
         ``{"rows", "repeats", "full": {...}, "rerun": {...}}`` with wall seconds,
-        rows/s, µs per row and peak RSS (MB) for each.
+        rows/s, µs per row, CPU seconds of the job's process and peak RSS (MB) for each.
     """
     with tempfile.TemporaryDirectory(prefix="bulkinfer-pipeline-bench-", dir=workdir) as tmp:
         root = Path(tmp)
@@ -109,7 +114,14 @@ def _measure(argv: list[str], log: Path) -> dict[str, Any]:
     if code != 0:
         raise RuntimeError(f"pipeline bench run {' '.join(argv)} failed with exit {code}: {log.read_text()[-2000:]}")
     counts = json.loads(out.strip().splitlines()[-1])["counts"]
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "generated": counts["generated"], "reused": counts["reused"]}
+    return {
+        "seconds": seconds,
+        # CPU seconds of the run's own process: on a shared machine, less at the mercy of other load than wall time.
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "generated": counts["generated"],
+        "reused": counts["reused"],
+    }
 
 
 def _median(samples: list[dict[str, Any]], rows: int) -> dict[str, Any]:
@@ -118,6 +130,7 @@ def _median(samples: list[dict[str, Any]], rows: int) -> dict[str, Any]:
         "wall_s": round(seconds, 2),
         "rows_per_s": round(rows / seconds),
         "us_per_row": round(seconds / rows * 1e6, 1),
+        "cpu_s": round(statistics.median(s["cpu_s"] for s in samples), 2),
         "peak_rss_mb": round(statistics.median(s["peak_rss_mb"] for s in samples)),
         "generated": samples[-1]["generated"],
         "reused": samples[-1]["reused"],

@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from bulkinfer.format.quality import example_keys, failed_gates, is_echo, measure
+from bulkinfer.format.quality import example_keys, example_leaks, failed_gates, is_echo, measure
 from bulkinfer.tasks.parsing import parse_output
 from bulkinfer.tasks.spec import GateSpec, load_task
 
@@ -139,3 +139,43 @@ def test_failure_rate_gate_is_on_by_default_and_checked():
     assert GateSpec().max_failed_rate == 0.05
     with pytest.raises(Exception, match=r"gates.max_failed_rate must be in \[0, 1\], got 1.5"):
         GateSpec(max_failed_rate=1.5)
+
+
+def _per_row_reference(task, keys, raws):
+    """The echo and leak figures row by row, with the parser's own functions (what ``measure`` computes by column)."""
+    examples = example_keys(task)
+    leaks = [example_leaks(task, raw, key) for key, raw in zip(keys, raws, strict=True)]
+    echoes = sum(is_echo(task, raw, key, examples) for key, raw in zip(keys, raws, strict=True))
+    return {"echo": echoes, "leak_rows": sum(1 for count in leaks if count), "leaks": sum(leaks)}
+
+
+@pytest.mark.parametrize("max_items", [1, 2, 32])
+def test_measure_by_column_agrees_with_the_per_row_measures(max_items):
+    """Recorded Gemma answers, each also given to other keys (example inputs among them), and a few made-up ones."""
+    task = dataclasses.replace(SYNONYMS, parser=dataclasses.replace(SYNONYMS.parser, max_items=max_items))
+    recorded = json.loads(GEMMA.read_text())["rows"]
+    assert recorded, "no recorded outputs"
+    raws = [r["raw_output"] for r in recorded] + [" flu jab, influenza vaccine", " covid vaccine, flu jab, covid jab", "", " -"]
+    other_keys = ["flu shot", "covid vaccine", "laptop bag", "influenza vaccine", "cheap flights", "something else"]
+    pairs = [(r["key"], r["raw_output"]) for r in recorded]
+    pairs += [(key, raw) for i, raw in enumerate(raws) for key in (other_keys[i % len(other_keys)], f"fresh key {i}")]
+    # A key that is an example's answer item (its own repeat is no leak), and a repeat behind the item limit.
+    pairs += [("flu jab", " flu jab, influenza shot, other"), ("gamma", " alpha, beta, gamma"), ("beta", " alpha, beta, gamma")]
+    pairs = list(dict(pairs).items())  # one row per key, as in a version
+    keys, raw_outputs = [k for k, _ in pairs], [r for _, r in pairs]
+    values = [parse_output(task, raw, key).value for key, raw in pairs]
+    quality = measure(task, pa.table({"key": keys, "synonyms": values, "raw_output": raw_outputs}), {}, None)
+    expected = _per_row_reference(task, keys, raw_outputs)
+    assert expected["echo"] and expected["leaks"], "the data exercises both measures"
+    assert quality["echo_rate"] == expected["echo"] / len(keys)
+    assert quality["example_leak_rate"] == expected["leak_rows"] / len(keys)
+    assert quality["example_leaks"] == expected["leaks"]
+
+
+def test_label_echo_by_column_and_churn_of_labels():
+    rows = pa.table({"key": ["lemon", "apple", "kiwi"], "label": ["fruit", None, ""], "raw_output": [" Lemon.", " fruit", None]})
+    task = dataclasses.replace(CLASSIFY, output_column="label")
+    previous = pa.table({"key": ["lemon", "apple", "kiwi"], "label": ["fruit", None, "fruit"]})
+    quality = measure(task, rows, {}, previous)
+    assert (quality["echo_rate"], quality["empty_rate"]) == (1 / 3, 2 / 3)
+    assert (quality["churn_rate"], quality["churn_compared"]) == (1 / 3, 3)  # null to null is no change; "" from "fruit" is

@@ -1,0 +1,208 @@
+"""Keying and merging whole Arrow tables of corpus rows: the columnar inside of ``NormalizeKeys``.
+
+The rules are those of :class:`bulkinfer.transforms.normalize_keys.KeyRow` and
+``PickRepresentative``; this module applies them a table at a time. Python runs once
+per distinct spelling (the key normaliser) and per dead-lettered row; everything
+else (votes, ranks, the merge) is pyarrow compute.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from bulkinfer.format.records import METRICS_NAMESPACE, Provenance, QueryGroup
+from bulkinfer.keys import normalize_key
+from bulkinfer.tasks.languages import normalize_language
+from bulkinfer.transforms.sample_keys import key_rank
+
+KEY_BUCKETS = 64
+"""Buckets the keys are spread over by a stable hash, so the merge of spellings is one element per bucket, not per key."""
+
+_RANK = ["key", "not_key", "untidy", "query", "fields_rank"]
+"""A spelling's rank (smallest first): the key itself, then tidy whitespace, then the smallest spelling and template values."""
+
+
+def key_bucket(key: str, buckets: int = KEY_BUCKETS) -> int:
+    """The bucket of a key: from the same stable hash ``--sample`` ranks keys by."""
+    return int.from_bytes(key_rank(key)[:4], "big") % buckets
+
+
+class KeyTable(beam.DoFn):
+    """Keys a table of corpus rows; yields ``(bucket, spellings)`` pairs and dead letters.
+
+    ``spellings`` holds, for every (key, language) of the table in that bucket, its
+    row count and best-ranked spelling (with its template columns); rows without a
+    usable query go to the ``dead`` output with the reason :class:`KeyRow` gives them.
+    """
+
+    def __init__(
+        self,
+        query_column: str,
+        fields: Sequence[str],
+        provenance: Provenance,
+        language_column: str | None = None,
+        buckets: int = KEY_BUCKETS,
+    ):
+        from bulkinfer.transforms.normalize_keys import KeyRow
+
+        self._query_column = query_column
+        self._fields = tuple(fields)
+        self._language_column = language_column
+        self._buckets = buckets
+        # The per-row rules, for the rows that become dead letters (their reasons and messages) and odd column types.
+        self._row = KeyRow(query_column, fields, provenance, language_column)
+        self._unrecognised = Metrics.counter(METRICS_NAMESPACE, "language_values_unrecognised")
+
+    def process(self, table: pa.Table) -> Iterator[Any]:
+        n = table.num_rows
+        if n == 0:
+            return
+        query = table.column(self._query_column)
+        if pa.types.is_string(query.type) or pa.types.is_large_string(query.type):
+            keyed = self._key_strings(query)
+        else:  # bytes to decode, numbers to refuse: row by row, as KeyRow does
+            keyed = self._key_rows(table)
+        dead = pc.is_null(keyed.column("key"))
+        for name in self._fields:
+            dead = pc.or_(dead, pc.is_null(table.column(name)))
+        for row in table.filter(dead).to_pylist():
+            for out in self._row.process(row):
+                if not isinstance(out, pvalue.TaggedOutput):
+                    raise AssertionError(f"KeyRow keyed a row the columnar rules dead-lettered: {row!r}")
+                yield out
+        kept = pc.invert(dead)
+        if pc.any(kept).as_py():
+            yield from self._by_bucket(table.filter(kept), keyed.filter(kept))
+
+    def _key_strings(self, query: pa.ChunkedArray) -> pa.Table:
+        """Keys of a text column: the normaliser runs once per distinct spelling."""
+        spellings = query.combine_chunks()
+        encoded = spellings.dictionary_encode()
+        keys, untidy = [], []
+        for text in encoded.dictionary.to_pylist():
+            key = normalize_key(text)
+            keys.append(key or None)  # empty after normalisation: a dead letter, KeyRow says why
+            untidy.append(" ".join(text.split()) != text)
+        return pa.table(
+            {
+                "key": pc.take(pa.array(keys, pa.string()), encoded.indices),
+                "query": spellings,
+                "untidy": pc.take(pa.array(untidy, pa.bool_()), encoded.indices),
+            }
+        )
+
+    def _key_rows(self, table: pa.Table) -> pa.Table:
+        keys: list[str | None] = []
+        spellings: list[str | None] = []
+        for row in table.select([self._query_column]).to_pylist():
+            query, key, failure = self._row.diagnose(row, check_fields=False)
+            keys.append(None if failure else key)
+            spellings.append(None if failure else query)
+        return pa.table(
+            {
+                "key": pa.array(keys, pa.string()),
+                "query": pa.array(spellings, pa.string()),
+                "untidy": pa.array([q is not None and " ".join(q.split()) != q for q in spellings], pa.bool_()),
+            }
+        )
+
+    def _languages(self, table: pa.Table) -> pa.Array:
+        """Each row's language code (null: no vote), counting values that name no language."""
+        if self._language_column is None:
+            return pa.nulls(table.num_rows, pa.string())
+        encoded = table.column(self._language_column).combine_chunks().dictionary_encode()
+        distinct = encoded.dictionary.to_pylist()
+        codes = [normalize_language(value) for value in distinct]
+        unrecognised = pa.array(
+            [
+                code is None and not (isinstance(value, str) and value.strip().lower() in ("", "und"))
+                for value, code in zip(distinct, codes, strict=True)
+            ],
+            pa.bool_(),
+        )
+        self._unrecognised.inc(int(pc.sum(pc.take(unrecognised, encoded.indices)).as_py() or 0))
+        return pc.take(pa.array(codes, pa.string()), encoded.indices)
+
+    def _by_bucket(self, table: pa.Table, keyed: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+        columns: dict[str, Any] = {
+            "key": keyed.column("key"),
+            "language": self._languages(table),
+            "not_key": pc.not_equal(keyed.column("query"), keyed.column("key")),
+            "untidy": keyed.column("untidy"),
+            "query": keyed.column("query"),
+            "fields_rank": self._fields_rank(table),
+        }
+        columns |= {_field(name): table.column(name) for name in self._fields}
+        rows = pa.table(columns)
+        merged = merge_spellings(rows.append_column("rows", pa.array(np.ones(rows.num_rows, np.int64))), by_language=True)
+        distinct_keys = merged.column("key").to_pylist()
+        buckets = np.fromiter((key_bucket(k, self._buckets) for k in distinct_keys), np.int64, len(distinct_keys))
+        order = np.argsort(buckets, kind="stable")
+        buckets = buckets[order]
+        starts = np.flatnonzero(np.diff(buckets, prepend=-1))
+        for start, end in zip(starts, [*starts[1:], len(buckets)], strict=True):
+            # take, not slice: a pickled slice carries its parent's whole buffers, so 64 slices would ship the table 64 times.
+            yield int(buckets[start]), merged.take(pa.array(order[start:end]))
+
+    def _fields_rank(self, table: pa.Table) -> pa.Array:
+        if not self._fields:
+            return pa.repeat(pa.scalar("", pa.string()), table.num_rows)
+        values = table.select(list(self._fields)).to_pylist()
+        # The old per-row rank, exactly: template values as JSON, ties between equal spellings broken by them.
+        return pa.array([json.dumps(tuple((name, row[name]) for name in self._fields), default=repr) for row in values], pa.string())
+
+
+def _field(name: str) -> str:
+    return f"field:{name}"
+
+
+def merge_spellings(spellings: pa.Table, *, by_language: bool) -> pa.Table:
+    """Merges spelling rows: per key (and language, when ``by_language``), the summed ``rows`` and the best-ranked spelling.
+
+    ``spellings`` has ``key``, ``language``, ``rows``, the rank columns and the
+    template columns; the result has the same columns, one row per group.
+    """
+    group = ["key", "language"] if by_language else ["key"]
+    ordered = spellings.sort_by([(name, "ascending") for name in _RANK])
+    ordered = ordered.append_column("position", pa.array(np.arange(ordered.num_rows, dtype=np.int64)))
+    grouped = ordered.group_by(group, use_threads=False).aggregate([("position", "min"), ("rows", "sum")])
+    best = ordered.take(grouped.column("position_min")).drop_columns(["rows", "position"])
+    return best.append_column("rows", grouped.column("rows_sum"))
+
+
+class ToGroups(beam.DoFn):
+    """Merges a bucket's spellings from every table into one :class:`QueryGroup` per key."""
+
+    def __init__(self, fields: Sequence[str]):
+        self._fields = tuple(fields)
+
+    def process(self, item: tuple[int, Any]) -> Iterator[QueryGroup]:
+        _, tables = item
+        spellings = pa.concat_tables(list(tables), promote_options="permissive")
+        by_language = merge_spellings(spellings, by_language=True)
+        best = merge_spellings(by_language, by_language=False)
+        language = _commonest_language(by_language)
+        votes = dict(zip(language.column("key").to_pylist(), language.column("language").to_pylist(), strict=True))
+        columns = best.select(["key", "query", "rows", *(_field(name) for name in self._fields)]).to_pydict()
+        values = [columns[_field(name)] for name in self._fields]
+        for i, (key, query, rows) in enumerate(zip(columns["key"], columns["query"], columns["rows"], strict=True)):
+            fields = tuple((name, value[i]) for name, value in zip(self._fields, values, strict=True))
+            yield QueryGroup(key=key, query=query, fields=fields, source_rows=rows, language=votes.get(key))
+
+
+def _commonest_language(by_language: pa.Table) -> pa.Table:
+    """Per key, the language most of its rows name; ties go to the smaller code, so every run agrees."""
+    votes = by_language.select(["key", "language", "rows"]).filter(pc.is_valid(by_language.column("language")))
+    ordered = votes.sort_by([("key", "ascending"), ("rows", "descending"), ("language", "ascending")])
+    ordered = ordered.append_column("position", pa.array(np.arange(ordered.num_rows, dtype=np.int64)))
+    first = ordered.group_by("key", use_threads=False).aggregate([("position", "min")])
+    return ordered.take(first.column("position_min")).select(["key", "language"])
