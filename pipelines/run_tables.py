@@ -69,7 +69,29 @@ def run_tables(
             were published), carrying the run's manifests.
     """
     with _progress_dir(options) as progress_dir:
-        return _run_plans(options, job, plans, build, model_handler, test_pipeline, progress_dir)
+        if len(plans) == 1:
+            handler = model_handler or make_handler(job, plans[0], share_as=None)
+            return _run_table(options, job, plans[0], build, handler, test_pipeline, progress_dir)
+        share_as = f"cache_job-{os.getpid()}-{id(plans)}"
+        manifests: dict[str, Any] = {}
+        failures: list[str] = []
+        try:
+            for plan in plans:
+                handler = model_handler or make_handler(job, plan, share_as=share_as)
+                try:
+                    # Each table counts into its own subdirectory (its report's figures); the display sums them all.
+                    table_progress = os.path.join(progress_dir, f"table-{len(manifests) + len(failures)}") if progress_dir else None
+                    if table_progress:
+                        os.makedirs(table_progress, exist_ok=True)
+                    manifests[plan.output] = _run_table(options, job, plan, build, handler, test_pipeline, table_progress)
+                except GateError as e:
+                    failures.append(str(e))
+                    manifests[plan.output] = e.manifests[None]
+        finally:
+            release_shared_engine(share_as)
+        if failures:
+            raise GateError("; ".join(failures), manifests=manifests)
+        return {"tables": manifests}
 
 
 @contextmanager
@@ -86,40 +108,6 @@ def _progress_dir(options: PipelineOptions) -> Iterator[str | None]:
     finally:
         if not given:
             shutil.rmtree(progress_dir, ignore_errors=True)
-
-
-def _run_plans(
-    options: PipelineOptions,
-    job: CacheJobOptions,
-    plans: list[TablePlan],
-    build: BuildPipeline,
-    model_handler: ModelHandler | None,
-    test_pipeline: beam.Pipeline | None,
-    progress_dir: str | None,
-) -> dict[str, Any]:
-    if len(plans) == 1:
-        handler = model_handler or make_handler(job, plans[0], share_as=None)
-        return _run_table(options, job, plans[0], build, handler, test_pipeline, progress_dir)
-    share_as = f"cache_job-{os.getpid()}-{id(plans)}"
-    manifests: dict[str, Any] = {}
-    failures: list[str] = []
-    try:
-        for plan in plans:
-            handler = model_handler or make_handler(job, plan, share_as=share_as)
-            try:
-                # Each table counts into its own subdirectory (its report's figures); the display sums them all.
-                table_progress = os.path.join(progress_dir, f"table-{len(manifests) + len(failures)}") if progress_dir else None
-                if table_progress:
-                    os.makedirs(table_progress, exist_ok=True)
-                manifests[plan.output] = _run_table(options, job, plan, build, handler, test_pipeline, table_progress)
-            except GateError as e:
-                failures.append(str(e))
-                manifests[plan.output] = e.manifests[None]
-    finally:
-        release_shared_engine(share_as)
-    if failures:
-        raise GateError("; ".join(failures), manifests=manifests)
-    return {"tables": manifests}
 
 
 def _run_table(
