@@ -55,8 +55,14 @@ def counts_locally(options: PipelineOptions) -> bool:
     pool on this machine (``--environment_type EXTERNAL --environment_config localhost:PORT``)."""
     if options.view_as(StandardOptions).runner in (None, "DirectRunner", "FnApiRunner"):
         return True
+    pool = embedded_pool(options)
+    return pool is not None and pool.rpartition(":")[0].strip("[]") in ("localhost", "127.0.0.1", "::1")
+
+
+def embedded_pool(options: PipelineOptions) -> str | None:
+    """The SDK worker pool this process's embedded job service calls (``--job_endpoint embed
+    --environment_type EXTERNAL``): its ``HOST:PORT`` ("" when not given), else None."""
     portable = options.view_as(PortableOptions)
     if portable.job_endpoint != "embed" or (portable.environment_type or "").upper() != "EXTERNAL":
-        return False
-    pool = portable.lookup_environment_option("external_service_address") or portable.environment_config or ""
-    return pool.rpartition(":")[0].strip("[]") in ("localhost", "127.0.0.1", "::1")
+        return None
+    return portable.lookup_environment_option("external_service_address") or portable.environment_config or ""

@@ -25,6 +25,7 @@ from bulkinfer.format import fs, layout
 from bulkinfer.format.records import SCHEMA_VERSION, Provenance
 from bulkinfer.models.engine import Adapter, EngineConfig, engine_version, fingerprint, load_adapter, model_digest, resolve_model
 from bulkinfer.models.vllm_handler import VLLMHandler
+from bulkinfer.pipelines.console_options import embedded_pool
 from bulkinfer.tasks.languages import LanguageDetector, check_language_code
 from bulkinfer.tasks.spec import TaskSpec, load_task
 
@@ -233,8 +234,8 @@ def check_runner(options: PipelineOptions, timeout_s: float = REACH_TIMEOUT_S) -
                 f"--job_endpoint {endpoint}: no Beam job service answers there ({failure}); start the runner's job server "
                 f"(Flink's or Spark's beam job server) or give --job_endpoint embed to run the job service in this process"
             )
-    if endpoint == "embed" and (portable.environment_type or "").upper() == "EXTERNAL":
-        pool = portable.lookup_environment_option("external_service_address") or portable.environment_config
+    pool = embedded_pool(options)
+    if pool is not None:
         if not pool:
             raise ConfigError("--environment_type EXTERNAL needs the SDK worker pool's address: --environment_config HOST:PORT")
         failure = _unreachable(pool, timeout_s)
