@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pyarrow as pa
 
-from bulkinfer.format.records import PromptRequest, QueryGroup
+from bulkinfer.format.records import PromptRequest, QueryGroup, query_groups
 from bulkinfer.tasks.prompts import render_messages, render_prompt
 from bulkinfer.tasks.spec import TaskSpec
 
 
 class BuildPrompts(beam.PTransform):
-    """Renders the task's prompt for every :class:`QueryGroup`, with the examples of its language.
+    """Renders the task's prompt for every key of the key-group tables, with the examples of its language.
 
-    ``completion`` tasks get the prompt text; ``chat`` tasks get chat turns, which
+    Each table becomes one list of :class:`PromptRequest` (``Generate`` cuts the lists
+    into engine batches). ``completion`` tasks get the prompt text; ``chat`` tasks get chat turns, which
     the model handler renders with the model tokenizer's chat template.
     """
 
@@ -24,7 +26,12 @@ class BuildPrompts(beam.PTransform):
         self._task = task
 
     def expand(self, groups: beam.PCollection) -> beam.PCollection:
-        return groups | "Render" >> beam.Map(prompt_request, self._task)
+        return groups | "Render" >> beam.Map(prompt_requests, self._task)
+
+
+def prompt_requests(groups: pa.Table, task: TaskSpec) -> list[PromptRequest]:
+    """The engine requests of a key-group table, in its row order."""
+    return [prompt_request(group, task) for group in query_groups(groups)]
 
 
 def prompt_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
