@@ -63,4 +63,5 @@ class CountProgress(beam.PTransform):
         self._name = name
 
     def expand(self, elements: beam.PCollection) -> beam.PCollection:
-        return elements | "Count" >> beam.ParDo(_Count(self._directory, self._name))
+        # Passed through as they came: the same element type, so the same coder.
+        return elements | "Count" >> beam.ParDo(_Count(self._directory, self._name)).with_output_types(elements.element_type)

@@ -9,8 +9,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindows
 
-from bulkinfer.format.records import Generation, PromptRequest
+from bulkinfer.format.records import PromptRequest
 from bulkinfer.models.vllm_handler import BatchCutter
+from bulkinfer.transforms.engine_batch import EngineBatch
 
 
 class PromptBatches(ModelHandler):
@@ -31,8 +32,8 @@ class PromptBatches(ModelHandler):
     def load_model(self) -> Any:
         return self._handler.load_model()
 
-    def run_inference(self, batch: Sequence[PromptRequest], model: Any, inference_args: Any = None) -> list[list[Generation]]:
-        return [list(self._handler.run_inference(batch, model, inference_args))]
+    def run_inference(self, batch: Sequence[PromptRequest], model: Any, inference_args: Any = None) -> list[EngineBatch]:
+        return [EngineBatch(self._handler.run_inference(batch, model, inference_args))]
 
     def should_skip_batching(self) -> bool:
         return True
@@ -65,16 +66,16 @@ class _CutBatches(beam.DoFn):
     def start_bundle(self) -> None:
         self._cutter = BatchCutter(self._max_size, self._size)
 
-    def process(self, requests: list[PromptRequest]) -> Iterator[list[PromptRequest]]:
+    def process(self, requests: list[PromptRequest]) -> Iterator[EngineBatch]:
         for request in requests:
             full = self._cutter.add(request)
             if full is not None:
-                yield full
+                yield EngineBatch(full)
 
     def finish_bundle(self) -> Iterator[Any]:
         rest = self._cutter.flush()
         if rest is not None:
-            yield GlobalWindows.windowed_value(rest)
+            yield GlobalWindows.windowed_value(EngineBatch(rest))
 
 
 class Generate(beam.PTransform):
@@ -95,6 +96,5 @@ class Generate(beam.PTransform):
         self._handler = handler
 
     def expand(self, requests: beam.PCollection) -> beam.PCollection:
-        return (
-            requests | "CutBatches" >> beam.ParDo(_CutBatches(self._handler)) | "RunInference" >> RunInference(PromptBatches(self._handler))
-        )
+        batches = requests | "CutBatches" >> beam.ParDo(_CutBatches(self._handler)).with_output_types(EngineBatch)
+        return batches | "RunInference" >> RunInference(PromptBatches(self._handler)).with_output_types(EngineBatch)

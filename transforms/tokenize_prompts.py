@@ -9,6 +9,7 @@ from typing import Any
 import apache_beam as beam
 
 from bulkinfer.format.records import PromptRequest
+from bulkinfer.transforms.engine_batch import EngineBatch
 
 
 class TokenizePrompts(beam.PTransform):
@@ -30,7 +31,7 @@ class TokenizePrompts(beam.PTransform):
         self._batch_size = batch_size
 
     def expand(self, requests: beam.PCollection) -> beam.PCollection:
-        return requests | "Tokenize" >> beam.ParDo(_TokenizeBatch(self._model, self._batch_size))
+        return requests | "Tokenize" >> beam.ParDo(_TokenizeBatch(self._model, self._batch_size)).with_output_types(EngineBatch)
 
 
 class _TokenizeBatch(beam.DoFn):
@@ -46,10 +47,10 @@ class _TokenizeBatch(beam.DoFn):
             raise ImportError("tokenising prompts needs transformers: pip install 'bulkinfer[cpu]' or 'bulkinfer[gpu]'") from e
         self._tokenizer = AutoTokenizer.from_pretrained(self._model)
 
-    def process(self, requests: list[PromptRequest]) -> Iterator[list[PromptRequest]]:
+    def process(self, requests: list[PromptRequest]) -> Iterator[EngineBatch]:
         from bulkinfer.models.vllm_handler import tokenize_requests
 
-        out: list[PromptRequest] = []
+        out = EngineBatch()
         for start in range(0, len(requests), self._batch_size):
             batch = requests[start : start + self._batch_size]
             out.extend(
