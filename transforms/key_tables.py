@@ -8,6 +8,7 @@ else (votes, ranks, the merge) is pyarrow compute.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,7 +23,6 @@ from apache_beam.metrics import Metrics
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, Provenance, field_column
 from bulkinfer.keys import normalize_key
 from bulkinfer.tasks.languages import normalize_language
-from bulkinfer.transforms.sample_keys import key_rank
 
 KEY_BUCKETS = 64
 """Buckets the keys are spread over by a stable hash, so the merge of spellings is one element per bucket, not per key."""
@@ -31,9 +31,66 @@ _RANK = ["key", "not_key", "untidy", "query", "fields_rank"]
 """A spelling's rank (smallest first): the key itself, then tidy whitespace, then the smallest spelling and template values."""
 
 
+_HASH_CHUNK = 1 << 16
+"""Keys hashed per numpy pass: bounds the per-byte temporaries to a few MB."""
+
+_PRIME = np.uint64(0x100000001B3)
+
+
+def key_buckets(keys: pa.Array | pa.ChunkedArray, buckets: int = KEY_BUCKETS) -> np.ndarray:
+    """The bucket of every key (null: bucket 0), by a stable hash of its UTF-8 bytes, in numpy.
+
+    A polynomial hash over the bytes (multiplier the FNV prime, wrapping at 2**64),
+    then a final mix: the same key lands in the same bucket in every process and run,
+    and only numpy passes over the bytes run, not Python per key. Buckets are the
+    job's own partitioning, never stored, so the hash may change between releases.
+    """
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    keys = keys.cast(pa.large_string())
+    out = np.empty(len(keys), np.int64)
+    for start in range(0, len(keys), _HASH_CHUNK):
+        out[start : start + _HASH_CHUNK] = _hash_chunk(keys.slice(start, _HASH_CHUNK)) % np.uint64(buckets)
+    return out
+
+
+def _hash_chunk(keys: pa.LargeStringArray) -> np.ndarray:
+    offsets = np.frombuffer(keys.buffers()[1], np.int64, len(keys) + 1, keys.offset * 8)
+    data = keys.buffers()[2]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    nonempty = lengths > 0
+    hashes = np.zeros(len(keys), np.uint64)
+    if nonempty.any():
+        data = data[offsets[0] : offsets[-1]].astype(np.uint64)
+        # Each byte's place in its key, and the multiplier's power for that place.
+        place = np.arange(len(data), dtype=np.int64) - np.repeat(offsets[:-1] - offsets[0], lengths)
+        powers = _powers(1 << int(lengths.max() - 1).bit_length())
+        with np.errstate(over="ignore"):
+            terms = (data + np.uint64(1)) * powers[place]
+            hashes[nonempty] = np.add.reduceat(terms, (offsets[:-1] - offsets[0])[nonempty])
+            hashes += lengths.astype(np.uint64)
+            # A final mix (splitmix64's), so that the low bits a modulus reads depend on every byte.
+            hashes ^= hashes >> np.uint64(30)
+            hashes *= np.uint64(0xBF58476D1CE4E5B9)
+            hashes ^= hashes >> np.uint64(27)
+            hashes *= np.uint64(0x94D049BB133111EB)
+            hashes ^= hashes >> np.uint64(31)
+    return hashes
+
+
+@functools.lru_cache(maxsize=8)
+def _powers(n: int) -> np.ndarray:
+    """The multiplier's first ``n`` powers, wrapping at 2**64."""
+    with np.errstate(over="ignore"):
+        powers = np.ones(n, np.uint64)
+        for i in range(1, n):
+            powers[i] = powers[i - 1] * _PRIME
+    return powers
+
+
 def key_bucket(key: str, buckets: int = KEY_BUCKETS) -> int:
-    """The bucket of a key: from the same stable hash ``--sample`` ranks keys by."""
-    return int.from_bytes(key_rank(key)[:4], "big") % buckets
+    """The bucket of one key (:func:`key_buckets`)."""
+    return int(key_buckets(pa.array([key], pa.string()), buckets)[0])
 
 
 class KeyTable(beam.DoFn):
@@ -148,8 +205,7 @@ class KeyTable(beam.DoFn):
         columns |= {field_column(name): table.column(name) for name in self._fields}
         rows = pa.table(columns)
         merged = merge_spellings(rows.append_column("rows", pa.array(np.ones(rows.num_rows, np.int64))), by_language=True)
-        distinct_keys = merged.column("key").to_pylist()
-        buckets = np.fromiter((key_bucket(k, self._buckets) for k in distinct_keys), np.int64, len(distinct_keys))
+        buckets = key_buckets(merged.column("key"), self._buckets)
         order = np.argsort(buckets, kind="stable")
         buckets = buckets[order]
         starts = np.flatnonzero(np.diff(buckets, prepend=-1))

@@ -17,7 +17,7 @@ from bulkinfer.errors import Reason
 from bulkinfer.format import fs
 from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
 from bulkinfer.format.records import METRICS_NAMESPACE
-from bulkinfer.transforms.key_tables import KEY_BUCKETS, key_bucket
+from bulkinfer.transforms.key_tables import KEY_BUCKETS, key_buckets
 
 REUSED = "reused"
 REUSED_DEAD = "reused_dead"
@@ -146,7 +146,7 @@ class SplitBuckets(beam.DoFn):
         table = table.filter(pc.fill_null(keep, False))
         if table.num_rows == 0:
             return
-        buckets = np.fromiter((key_bucket(k, self._buckets) for k in table.column("key").to_pylist()), np.int64, table.num_rows)
+        buckets = key_buckets(table.column("key"), self._buckets)
         order = np.argsort(buckets, kind="stable")
         buckets = buckets[order]
         starts = np.flatnonzero(np.diff(buckets, prepend=-1))
