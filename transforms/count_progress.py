@@ -25,17 +25,15 @@ class _Count(beam.DoFn):
         if isinstance(element, pa.Table):  # a table of rows counts its rows
             self._counts.add(self._name, element.num_rows)
         elif isinstance(element, list):  # a batch of generations (or requests) counts each
-            for item in element:
-                self._count(item)
-        else:
-            self._count(element)
-        yield element
-
-    def _count(self, item: Any) -> None:
-        if isinstance(item, Generation) and not item.error_reason:
-            self._counts.add(self._name, 1, prompt_tokens=item.prompt_tokens, output_tokens=item.output_tokens)
+            done = [g for g in element if isinstance(g, Generation) and not g.error_reason]
+            self._counts.add_generations(
+                self._name, [g.prompt_tokens for g in done], [g.output_tokens for g in done], failed=len(element) - len(done)
+            )
+        elif isinstance(element, Generation) and not element.error_reason:
+            self._counts.add(self._name, 1, prompt_tokens=element.prompt_tokens, output_tokens=element.output_tokens)
         else:
             self._counts.add(self._name)
+        yield element
 
     def finish_bundle(self) -> None:
         self._counts.flush()

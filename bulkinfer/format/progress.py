@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,30 @@ class _ProcessCounts:
             if output_tokens is not None:
                 self._snapshot.counts["output_tokens"] += output_tokens
                 self._snapshot.output_token_hist[bucket_of(output_tokens)] += 1
+            self._dirty = True
+        if time.monotonic() - self._flushed >= FLUSH_SECONDS:
+            self.flush()
+
+    def add_generations(self, name: str, prompt_tokens: Sequence[int], output_tokens: Sequence[int], failed: int = 0) -> None:
+        """Counts a batch of generations at once: :meth:`add` for each, plus ``failed`` ones without tokens."""
+        import numpy as np
+
+        bins = np.asarray(TOKEN_BUCKETS)
+        with self._lock:
+            snapshot = self._snapshot
+            snapshot.counts[name] += len(prompt_tokens) + failed
+            if name == "generated":
+                snapshot.engine_to = time.time()
+            for column, counted, hist in (
+                ("prompt_tokens", prompt_tokens, snapshot.prompt_token_hist),
+                ("output_tokens", output_tokens, snapshot.output_token_hist),
+            ):
+                if not len(counted):
+                    continue
+                snapshot.counts[column] += int(np.sum(counted))
+                # bucket_of for every length: the first bound at or above it.
+                for i, n in enumerate(np.bincount(np.searchsorted(bins, counted, side="left"), minlength=len(hist))):
+                    hist[i] += int(n)
             self._dirty = True
         if time.monotonic() - self._flushed >= FLUSH_SECONDS:
             self.flush()

@@ -52,6 +52,10 @@ def _instant_handler() -> Any:
         def load_model(self) -> StandInModel:
             return StandInModel()
 
+        def get_num_bytes(self, batch: Sequence[Any]) -> int:
+            # As the vLLM handler counts; Beam's default pickles the whole batch to measure it.
+            return sum(len(r.prompt) for r in batch)
+
         def run_inference(self, batch: Sequence[Any], model: StandInModel, inference_args: Any = None) -> list[Any]:
             self._generated.inc(len(batch))
             return [

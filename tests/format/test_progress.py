@@ -57,3 +57,20 @@ def test_files_are_json_a_reader_outside_bulkinfer_can_read(tmp_path):
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     assert data["counts"]["rows_read"] == 1 and data["token_buckets"] == list(TOKEN_BUCKETS)
+
+
+def test_a_batch_of_generations_counts_as_each_of_them_would(tmp_path):
+    prompt = [1, 4, 5, 300, 40_000, 16]
+    output = [0, 9, 9, 2, 33, 16]
+    (tmp_path / "one").mkdir(), (tmp_path / "batch").mkdir()
+    one, batch = process_counts(str(tmp_path / "one")), process_counts(str(tmp_path / "batch"))
+    for p, o in zip(prompt, output, strict=True):
+        one.add("generated", 1, prompt_tokens=p, output_tokens=o)
+    one.add("generated")
+    one.add("generated")  # two failed generations: counted, without tokens
+    batch.add_generations("generated", prompt, output, failed=2)
+    for counts in (one, batch):
+        counts.flush()
+    first, second = (read_progress(str(tmp_path / name)) for name in ("one", "batch"))
+    assert first.counts == second.counts and first.counts["generated"] == 8 and first.counts["output_tokens"] == 69
+    assert first.prompt_token_hist == second.prompt_token_hist and first.output_token_hist == second.output_token_hist
