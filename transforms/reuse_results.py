@@ -132,6 +132,9 @@ def _empty(earlier: Mapping[str, pa.Table | None], sources: tuple[str, str]) -> 
     return pa.table({})
 
 
+_NOTHING = ReuseSplit(pa.table({}), pa.table({}), pa.table({}), 0)
+
+
 class SplitBuckets(beam.DoFn):
     """Cuts a table with a ``key`` column into one ``(bucket, rows)`` pair per key-hash bucket it touches."""
 
@@ -163,11 +166,10 @@ class _Split(beam.DoFn):
 
     def process(self, item: tuple[int, dict[str, list[pa.Table]]]) -> Iterator[Any]:
         _, joined = item
-        if not joined["groups"]:
-            return  # only earlier results: their keys left the corpus, so they leave the table too
-        groups = pa.concat_tables(joined["groups"])
+        # No groups: only earlier results, whose keys left the corpus, so they leave the table too.
+        groups = pa.concat_tables(joined["groups"]) if joined["groups"] else None
         earlier = {name: pa.concat_tables(joined[name], promote_options="permissive") if joined[name] else None for name in SOURCES}
-        split = split_by_reuse(groups, earlier, self._fingerprint, self._greedy)
+        split = split_by_reuse(groups, earlier, self._fingerprint, self._greedy) if groups else _NOTHING
         self._resumed.inc(split.resumed)
         if split.to_generate.num_rows:
             yield split.to_generate
