@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam import pvalue
 
@@ -15,9 +16,6 @@ from bulkinfer.tasks.parsing import OutputParser, compile_parser
 from bulkinfer.tasks.spec import TaskSpec
 
 DEAD = "dead"
-
-_ROW = ("key", "query", "language", "output", "raw_output", "source_rows", "prompt_tokens", "output_tokens", "finish_reason")
-"""The per-row columns of a prediction, as ``_Parse`` collects them (``output``: the task's output column)."""
 
 
 class _Parse(beam.DoFn):
@@ -31,46 +29,49 @@ class _Parse(beam.DoFn):
         self._parser = compile_parser(self._task)
 
     def process(self, generations: Sequence[Generation]) -> Iterator[Any]:
-        rows: list[tuple[Any, ...]] = []
-        dead: list[dict[str, Any]] = []
-        for generation in generations:
-            request = generation.request
-            if generation.error_reason is not None:
-                dead.append(self._dead(generation, generation.error_reason, generation.error_message, "generate"))
-                continue
+        done = [g for g in generations if g.error_reason is None]
+        dead = [self._dead(g, g.error_reason, g.error_message, "generate") for g in generations if g.error_reason is not None]
+        if done:
             # Several answers (sampling.n > 1) are one answer per line: the list parser splits on
             # line breaks too, so their items come out unioned and deduplicated, first occurrence first.
-            raw = "\n".join(generation.texts) if generation.texts else generation.text
-            parsed = self._parser.parse(raw, request.key)
-            if parsed.error is not None:
-                dead.append(self._dead(generation, Reason.UNPARSEABLE_OUTPUT, parsed.error, "parse_predictions"))
-                continue
-            rows.append(
-                (
-                    request.key,
-                    request.query,
-                    request.language,
-                    parsed.value,
-                    raw,
-                    request.source_rows,
-                    generation.prompt_tokens,
-                    generation.output_tokens,
-                    generation.finish_reason,
-                )
-            )
-        if rows:
-            yield self._table(rows)
+            raws = ["\n".join(g.texts) if g.texts else g.text for g in done]
+            keys = [g.request.key for g in done]
+            values, errors = self._parser.parse_column(raws, keys)
+            for i, message in errors.items():
+                dead.append(self._dead(done[i], Reason.UNPARSEABLE_OUTPUT, message, "parse_predictions"))
+            if errors:
+                kept = np.ones(len(done), bool)
+                kept[list(errors)] = False
+                values = values.filter(pa.array(kept))
+                done = [g for g, k in zip(done, kept, strict=True) if k]
+                raws = [r for r, k in zip(raws, kept, strict=True) if k]
+            if done:
+                yield self._table(done, raws, values)
         if dead:
             yield pvalue.TaggedOutput(DEAD, pa.Table.from_pylist(dead, schema=DEAD_LETTER_SCHEMA))
 
-    def _table(self, rows: list[tuple[Any, ...]]) -> pa.Table:
-        # The schema's own columns first (key ... finish_reason, in _ROW order), then the provenance, the same on every row.
-        values = dict(zip(_ROW, zip(*rows, strict=True), strict=True))
-        values |= {name: [value] * len(rows) for name, value in self._provenance.columns().items()}
-        output = self._task.output_column
-        return pa.Table.from_arrays(
-            [pa.array(values["output" if f.name == output else f.name], f.type) for f in self._schema], schema=self._schema
-        )
+    def _table(self, done: list[Generation], raws: list[str], values: pa.Array) -> pa.Table:
+        requests = [g.request for g in done]
+        columns = {
+            "key": [r.key for r in requests],
+            "query": [r.query for r in requests],
+            "language": [r.language for r in requests],
+            "raw_output": raws,
+            "source_rows": [r.source_rows for r in requests],
+            "prompt_tokens": [g.prompt_tokens for g in done],
+            "output_tokens": [g.output_tokens for g in done],
+            "finish_reason": [g.finish_reason for g in done],
+        }
+        n = len(done)
+        arrays = []
+        for f in self._schema:
+            if f.name == self._task.output_column:
+                arrays.append(values.cast(f.type))
+            elif f.name in columns:
+                arrays.append(pa.array(columns[f.name], f.type))
+            else:  # provenance: the same on every row
+                arrays.append(pa.repeat(pa.scalar(self._provenance.columns()[f.name], f.type), n))
+        return pa.Table.from_arrays(arrays, schema=self._schema)
 
     def _dead(self, generation: Generation, reason: str, message: str, stage: str) -> dict[str, Any]:
         request = generation.request

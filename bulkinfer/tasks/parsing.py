@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bulkinfer.keys import normalize_key
 
 if TYPE_CHECKING:  # the spec validates its examples with this parser: the dependency runs spec -> parsing only
+    import numpy as np
+    import pyarrow as pa
+
     from bulkinfer.tasks.spec import TaskSpec
 
 # Bullets, list numbers and quotes a model wraps items in: "- x", "1. x", "\"x\"".
@@ -18,6 +22,23 @@ _LEADING = re.compile(r"^(?:[-*•·]+|\d{1,3}[.)])\s+")
 _WRAPPING = "\"'`“”‘’«»()[]{} \t"
 _TRAILING = ".;:!?"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_PLAIN_LEADING = "^(?:[-*]+|[0-9]{1,3}[.)]) +"
+"""``_LEADING`` in RE2 for plain text (printable ASCII: no tabs, and bullets • and · are not ASCII)."""
+
+
+def _plain_rows(texts: pa.Array) -> np.ndarray:
+    """Which strings hold only printable ASCII and line breaks (numpy booleans), found over the whole buffer at once."""
+    import numpy as np
+
+    n = len(texts)
+    if n == 0 or texts.buffers()[2] is None:
+        return np.ones(n, bool)
+    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(texts.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    odd = ((data < 0x20) & (data != 0x0A)) | (data > 0x7E)
+    plain = np.ones(n, bool)
+    plain[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = False
+    return plain
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,74 @@ class OutputParser:
         for item, item_key in items:
             (leaks if item_key in leaked else kept).append(item)
         return Parsed(value=kept[: task.parser.max_items], example_leaks=tuple(leaks))
+
+    def parse_column(self, raws: Sequence[str], keys: Sequence[str]) -> tuple[pa.Array, dict[int, str]]:
+        """:meth:`parse` of many rows: the values as one Arrow array (null where a row has an error), and the errors by row.
+
+        Plain answers (printable ASCII and line breaks) of a list task without JSON output
+        or an answer marker, whose key is no example's input, are split and cleaned by
+        Arrow kernels, by the rules of :func:`clean_items` and the leak filter; every other
+        row is parsed by :meth:`parse`. Both give the same values (a test compares them
+        on messy answers).
+        """
+        import numpy as np
+        import pyarrow as pa
+
+        task = self.task
+        out_type = pa.list_(pa.string()) if task.output == "list" else pa.string()
+        columnar = task.output == "list" and task.structured.json_schema is None and not task.parser.answer_marker
+        raw_column = pa.array(raws, pa.string())
+        plain = _plain_rows(raw_column) if columnar else np.zeros(len(raws), bool)
+        if plain.any() and self.by_input:
+            plain &= ~np.array([key in self.by_input for key in keys], bool)  # an example's own query: its leak set differs
+        values: list[pa.Array] = []
+        errors: dict[int, str] = {}
+        at = np.flatnonzero(plain)
+        if len(at):
+            values.append(self._plain_lists(raw_column.take(pa.array(at)), pa.array(keys, pa.string()).take(pa.array(at))))
+        other = np.flatnonzero(~plain)
+        if len(other):
+            parsed = [self.parse(raws[i], keys[i]) for i in other.tolist()]
+            errors = {int(i): p.error for i, p in zip(other, parsed, strict=True) if p.error is not None}
+            values.append(pa.array([p.value for p in parsed], out_type))
+        if not values:
+            return pa.array([], out_type), errors
+        order = np.argsort(np.concatenate([at, other]), kind="stable")
+        return pa.concat_arrays(values).take(pa.array(order)), errors
+
+    def _plain_lists(self, raws: pa.Array, keys: pa.Array) -> pa.Array:
+        """The list values of plain answers (see :meth:`parse_column`), by Arrow kernels."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        task = self.task
+        separators = [s for s in task.parser.separators if s.isascii()]  # no other occurs in ASCII text
+        pattern = "|".join("".join(f"\\x{{{ord(ch):x}}}" for ch in s) for s in (*separators, "\n"))  # RE2 literals
+        pieces = pc.split_pattern_regex(raws, pattern)
+        owner = pc.list_parent_indices(pieces).to_numpy()
+        items = pc.utf8_trim(pc.list_flatten(pieces), " ")
+        items = pc.replace_substring_regex(items, _PLAIN_LEADING, "", max_replacements=1)
+        items = pc.utf8_trim(pc.utf8_rtrim(pc.utf8_trim(items, _WRAPPING), _TRAILING), _WRAPPING)
+        items = pc.replace_substring_regex(items, "  +", " ")  # " ".join(item.split()): trimmed already, runs inside remain
+        item_keys = pc.ascii_lower(items)  # normalize_key of printable ASCII with single spaces
+        own = keys.take(pa.array(owner))
+        keep = pc.and_(pc.not_equal(item_keys, ""), pc.not_equal(item_keys, own))
+        table = pa.table({"owner": owner, "item": items, "key": item_keys}).filter(keep)
+        table = table.append_column("at", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        # A repeated item counts once, where it first stands (items are in row order, then answer order).
+        first = table.group_by(["owner", "key"], use_threads=False).aggregate([("at", "min")]).column("at_min").to_numpy()
+        table = table.take(pa.array(np.sort(first)))
+        if self.every_example_item:
+            table = table.filter(pc.invert(pc.is_in(table.column("key"), value_set=pa.array(sorted(self.every_example_item)))))
+        # At most max_items per row: an item's place among its row's kept items.
+        owner = table.column("owner").to_numpy()
+        starts = np.flatnonzero(np.diff(owner, prepend=-1))
+        place = np.arange(len(owner)) - np.repeat(starts, np.diff(np.append(starts, len(owner))))
+        table = table.filter(pa.array(place < task.parser.max_items))
+        counts = np.bincount(table.column("owner").to_numpy(), minlength=len(raws))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), table.column("item").combine_chunks())
 
     def example_items(self, key: str) -> frozenset[str]:
         """:func:`example_items` for this parser's task."""
