@@ -26,7 +26,7 @@ _PLAIN_LEADING = "^(?:[-*]+|[0-9]{1,3}[.)]) +"
 """``_LEADING`` in RE2 for plain text (printable ASCII: no tabs, and bullets • and · are not ASCII)."""
 
 
-def _plain_rows(texts: pa.Array) -> np.ndarray:
+def plain_rows(texts: pa.Array) -> np.ndarray:
     """Which strings hold only printable ASCII and line breaks (numpy booleans), found over the whole buffer at once."""
     import numpy as np
 
@@ -39,6 +39,28 @@ def _plain_rows(texts: pa.Array) -> np.ndarray:
     plain = np.ones(n, bool)
     plain[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = False
     return plain
+
+
+def split_plain_items(raws: pa.Array, separators: Sequence[str]) -> tuple[np.ndarray, pa.Array]:
+    """The items of plain list answers (:func:`plain_rows`), cut and cleaned by Arrow kernels as :func:`clean_items` does.
+
+    Returns each item's row (numpy, ascending) and the items, in answer order, before
+    :func:`clean_items` drops the empty ones, the query and repeats. ASCII text needs no
+    control characters removed and holds no whitespace but spaces inside an item, so
+    every step is an Arrow kernel; for such text the items' keys are their lower case.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    plain_separators = [s for s in separators if s.isascii()]  # no other occurs in ASCII text
+    pattern = "|".join("".join(f"\\x{{{ord(ch):x}}}" for ch in s) for s in (*plain_separators, "\n"))  # RE2 literals
+    pieces = pc.split_pattern_regex(raws, pattern)
+    owner = pc.list_parent_indices(pieces).to_numpy()
+    items = pc.utf8_trim(pc.list_flatten(pieces), " ")
+    items = pc.replace_substring_regex(items, _PLAIN_LEADING, "", max_replacements=1)
+    items = pc.utf8_trim(pc.utf8_rtrim(pc.utf8_trim(items, _WRAPPING), _TRAILING), _WRAPPING)
+    items = pc.replace_substring_regex(items, "  +", " ")  # " ".join(item.split()): trimmed already, runs inside remain
+    return owner, items if isinstance(items, pa.Array) else items.combine_chunks()
 
 
 @dataclass(frozen=True)
@@ -139,7 +161,7 @@ class OutputParser:
         out_type = pa.list_(pa.string()) if task.output == "list" else pa.string()
         columnar = task.output == "list" and task.structured.json_schema is None and not task.parser.answer_marker
         raw_column = pa.array(raws, pa.string())
-        plain = _plain_rows(raw_column) if columnar else np.zeros(len(raws), bool)
+        plain = plain_rows(raw_column) if columnar else np.zeros(len(raws), bool)
         if plain.any() and self.by_input:
             plain &= ~np.array([key in self.by_input for key in keys], bool)  # an example's own query: its leak set differs
         values: list[pa.Array] = []
@@ -164,14 +186,7 @@ class OutputParser:
         import pyarrow.compute as pc
 
         task = self.task
-        separators = [s for s in task.parser.separators if s.isascii()]  # no other occurs in ASCII text
-        pattern = "|".join("".join(f"\\x{{{ord(ch):x}}}" for ch in s) for s in (*separators, "\n"))  # RE2 literals
-        pieces = pc.split_pattern_regex(raws, pattern)
-        owner = pc.list_parent_indices(pieces).to_numpy()
-        items = pc.utf8_trim(pc.list_flatten(pieces), " ")
-        items = pc.replace_substring_regex(items, _PLAIN_LEADING, "", max_replacements=1)
-        items = pc.utf8_trim(pc.utf8_rtrim(pc.utf8_trim(items, _WRAPPING), _TRAILING), _WRAPPING)
-        items = pc.replace_substring_regex(items, "  +", " ")  # " ".join(item.split()): trimmed already, runs inside remain
+        owner, items = split_plain_items(raws, task.parser.separators)
         item_keys = pc.ascii_lower(items)  # normalize_key of printable ASCII with single spaces
         own = keys.take(pa.array(owner))
         keep = pc.and_(pc.not_equal(item_keys, ""), pc.not_equal(item_keys, own))

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from bulkinfer.keys import normalize_key
-from bulkinfer.tasks.parsing import _plain_rows, compile_parser
+from bulkinfer.tasks.parsing import compile_parser, plain_rows
 from bulkinfer.tasks.spec import load_task
 
 WORDS = ["covid vaccine", "Covid  Vaccine", "flu shot", "FLU SHOT", "jab", "cheap flights", "vacuna covid", "東京", "café", "x", ""]
@@ -19,7 +19,7 @@ def _answers(rng: random.Random, words: list[str], n: int) -> list[str]:
     for _ in range(n):
         pieces = [rng.choice(DECOR).format(rng.choice(words)) for _ in range(rng.randint(0, 9))]
         glue = [rng.choice([",", ", ", ";", "\n", ",\n", "，", "  ,  "]) for _ in pieces]
-        answers.append(rng.choice(["", " "]) + "".join(p + g for p, g in zip(pieces, glue)))
+        answers.append(rng.choice(["", " "]) + "".join(p + g for p, g in zip(pieces, glue, strict=True)))
     return answers
 
 
@@ -41,7 +41,7 @@ def test_column_parse_equals_row_parse(name, max_items):
     assert errors == {i: p.error for i, p in enumerate(expected) if p.error is not None}
     if task.output == "list":
         assert sum(map(bool, values.to_pylist())) > 500, "the answers exercise the parser"
-        assert _plain_rows(pa.array(raws)).mean() > 0.1, "and its Arrow path"
+        assert plain_rows(pa.array(raws)).mean() > 0.1, "and its Arrow path"
 
 
 def test_nothing_to_parse():
