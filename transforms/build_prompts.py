@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 import pyarrow as pa
 
-from bulkinfer.format.records import PromptRequest, QueryGroup, query_groups
+from bulkinfer.format.records import FIELD_PREFIX, PromptRequest, QueryGroup, query_groups
 from bulkinfer.tasks.prompts import PromptRenderer, render_messages
 from bulkinfer.tasks.spec import TaskSpec
 from bulkinfer.transforms.engine_batch import EngineBatch
@@ -33,7 +33,14 @@ class BuildPrompts(beam.PTransform):
 def prompt_requests(groups: pa.Table, task: TaskSpec) -> EngineBatch:
     """The engine requests of a key-group table, in its row order."""
     renderer = PromptRenderer(task)
-    return EngineBatch(prompt_request(group, task, renderer) for group in query_groups(groups))
+    if task.format == "chat" or any(name.startswith(FIELD_PREFIX) for name in groups.column_names):
+        return EngineBatch(prompt_request(group, task, renderer) for group in query_groups(groups))
+    # No template columns: the request straight from the columns, no QueryGroup on the way.
+    columns = groups.select(["key", "query", "language", "source_rows"]).to_pydict()
+    return EngineBatch(
+        PromptRequest(key=key, query=query, prompt=renderer.prompt(key, None, language), source_rows=rows, language=language)
+        for key, query, language, rows in zip(columns["key"], columns["query"], columns["language"], columns["source_rows"], strict=True)
+    )
 
 
 def prompt_request(group: QueryGroup, task: TaskSpec, renderer: PromptRenderer | None = None) -> PromptRequest:
