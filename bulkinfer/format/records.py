@@ -19,7 +19,7 @@ SCHEMA_VERSION = 2
 with an older schema are regenerated rather than reused. 2: the ``language`` column."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QueryGroup:
     """All corpus rows that share one key, reduced to one representative."""
 
@@ -37,7 +37,7 @@ class QueryGroup:
     ``target_languages``, one group per target, whose language it is (``FanOutLanguages``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PromptRequest:
     """One prompt to generate for, with what the output row needs to carry along."""
 
@@ -62,7 +62,7 @@ class PromptRequest:
     already through the chat template); empty: the model handler tokenises it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Generation:
     """The engine's answer to one :class:`PromptRequest`, or why there is none."""
 
@@ -86,7 +86,7 @@ class Generation:
     """What went wrong, for a human."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Provenance:
     """Where every output row of a run comes from."""
 
