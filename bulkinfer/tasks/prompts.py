@@ -42,20 +42,41 @@ class PromptRenderer:
         task: the task spec.
         """
         self._task = task
-        self._heads: dict[str | None, tuple[str, dict[str, str]]] = {}
+        self._heads: dict[str | None, tuple[str, dict[str, str], tuple[str, ...] | None]] = {}
 
     def prompt(self, key: str, fields: Mapping[str, Any] | None = None, language: str | None = None) -> str:
         """:func:`render_prompt` of this renderer's task."""
         task = self._task
         if language not in self._heads:
-            names = _language_values(language)
-            shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.examples_for(language))
-            self._heads[language] = task.template.prefix.format(instruction=_instruction(task, language), **names) + shown, names
-        head, names = self._heads[language]
+            self._heads[language] = self._head(language)
+        head, names, around = self._heads[language]
+        query = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
+        if around is not None and not fields:
+            return head + query.join(around)
         values = {name: _one_line(value) for name, value in fields.items()} if fields else {}
         values |= names
-        values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
+        values["query"] = query
         return head + task.template.query.format(**values)
+
+    def _head(self, language: str | None) -> tuple[str, dict[str, str], tuple[str, ...] | None]:
+        """The prompt up to the query template, the template's language values, and the query template cut around ``{query}``
+        (None when it reads other columns)."""
+        task = self._task
+        names = _language_values(language)
+        shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.examples_for(language))
+        head = task.template.prefix.format(instruction=_instruction(task, language), **names) + shown
+        try:
+            # Rendered once with a stand-in for the query, whose places the key fills on every row.
+            around = tuple(task.template.query.format(**names, query=_QUERY_MARK).split(_QUERY_MARK))
+        except (KeyError, IndexError):
+            around = None  # the template reads template columns: formatted per row
+        if _QUERY_MARK in task.template.query:
+            around = None
+        return head, names, around
+
+
+_QUERY_MARK = "\x00query\x00"
+"""Stands for the query while a template is rendered ahead of its rows (control characters never reach a template)."""
 
 
 def render_messages(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None, language: str | None = None) -> list[dict[str, str]]:
