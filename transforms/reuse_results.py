@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from bulkinfer.errors import Reason
-from bulkinfer.format import fs
+from bulkinfer.format import fs, layout
 from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
 from bulkinfer.format.records import METRICS_NAMESPACE
 from bulkinfer.transforms.key_tables import KEY_BUCKETS, key_buckets
@@ -179,11 +179,43 @@ class _Split(beam.DoFn):
             yield pvalue.TaggedOutput(REUSED_DEAD, split.reused_dead)
 
 
-def _read_results(pipeline: beam.Pipeline, name: str, directory: str | None, kind: str) -> beam.PCollection:
-    pattern = fs.join(directory, f"{kind}-*.parquet") if directory else None
-    if pattern is None or not fs.match(pattern):
-        return pipeline | f"No_{name}" >> beam.Create([])
-    return pipeline | f"Read_{name}" >> beam.io.ReadFromParquetBatched(pattern)
+_JOIN_COLUMNS = ("key", "language", "fingerprint", "reason", "source_rows")
+"""What the reuse rules read of an earlier result; the rest of a reused row is copied from its file (:class:`_CopyRows`)."""
+
+
+class _ReadJoinColumns(beam.DoFn):
+    """Reads the join columns of one earlier result file, each row marked with its file and place in it."""
+
+    def __init__(self, fingerprint: str):
+        self._fingerprint = fingerprint
+
+    def process(self, item: tuple[int, str]) -> Iterator[pa.Table]:
+        file, path = item
+        schema, rows = layout.parquet_schema(path)
+        if rows == 0 or "key" not in schema.names or "fingerprint" not in schema.names:
+            return
+        table = layout.read_parquet(path, [c for c in _JOIN_COLUMNS if c in schema.names])
+        if "language" not in schema.names:  # written before the column existed
+            table = table.append_column("language", pa.nulls(table.num_rows, pa.string()))
+        table = table.append_column("file", pa.repeat(pa.scalar(file, pa.int32()), table.num_rows))
+        yield table.append_column("row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+class _CopyRows(beam.DoFn):
+    """Copies the reused rows of one earlier file, whole, with today's ``source_rows``."""
+
+    def __init__(self, paths: Sequence[str]):
+        self._paths = list(paths)
+
+    def process(self, item: tuple[int, Iterable[pa.Table]]) -> Iterator[pa.Table]:
+        file, picks = item
+        picks = pa.concat_tables(list(picks))
+        rows = layout.read_parquet(self._paths[file]).take(picks.column("row"))
+        yield rows.set_column(rows.schema.get_field_index("source_rows"), "source_rows", picks.column("source_rows"))
+
+
+def _files(directory: str | None, kind: str) -> list[str]:
+    return sorted(fs.match(fs.join(directory, f"{kind}-*.parquet"))) if directory else []
 
 
 class ReuseResults(beam.PTransform):
@@ -219,15 +251,44 @@ class ReuseResults(beam.PTransform):
         self._directories = {"previous": published, "checkpoint": checkpoints}
 
     def expand(self, groups: beam.PCollection) -> tuple[beam.PCollection, ...]:
+        # Only the columns the rules read go through the join (a small share of a row's bytes); reused
+        # rows are then copied whole, one earlier file at a time, so memory holds one file, not the version.
+        paths = {
+            name: _files(self._directories[name.partition("_")[0]], DEAD_LETTER if name.endswith("_dead") else PREDICTIONS)
+            for name in SOURCES
+        }
+        every = [path for name in SOURCES for path in paths[name]]
+        numbered = {name: [(every.index(path), path) for path in paths[name]] for name in SOURCES}
         bucketed = {"groups": groups | "BucketGroups" >> beam.ParDo(SplitBuckets())}
         for name in SOURCES:
-            source, _, dead = name.partition("_")
-            bucketed[name] = _read_results(
-                groups.pipeline, name, self._directories[source], DEAD_LETTER if dead else PREDICTIONS
-            ) | f"Bucket_{name}" >> beam.ParDo(SplitBuckets(self._fingerprint))
+            bucketed[name] = (
+                groups.pipeline
+                | f"Files_{name}" >> beam.Create(numbered[name])
+                | f"Read_{name}" >> beam.ParDo(_ReadJoinColumns(self._fingerprint))
+                | f"Bucket_{name}" >> beam.ParDo(SplitBuckets(self._fingerprint))
+            )
         split = (
             bucketed
             | "JoinOnBucket" >> beam.CoGroupByKey()
             | "Split" >> beam.ParDo(_Split(self._fingerprint, self._greedy)).with_outputs(REUSED, REUSED_DEAD, main="to_generate")
         )
-        return split.to_generate, split[REUSED], split[REUSED_DEAD]
+        copied = []
+        for tag in (REUSED, REUSED_DEAD):
+            copied.append(
+                split[tag]
+                | f"ByFile_{tag}" >> beam.FlatMap(_by_file)
+                | f"GroupByFile_{tag}" >> beam.GroupByKey()
+                | f"Copy_{tag}" >> beam.ParDo(_CopyRows(every))
+            )
+        return split.to_generate, copied[0], copied[1]
+
+
+def _by_file(picks: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """The reused rows' places, by the file that holds them."""
+    picks = picks.select(["file", "row", "source_rows"])
+    files = picks.column("file").to_numpy()
+    order = np.argsort(files, kind="stable")
+    files = files[order]
+    starts = np.flatnonzero(np.diff(files, prepend=-1))
+    for start, end in zip(starts, [*starts[1:], len(files)], strict=True):
+        yield int(files[start]), picks.take(pa.array(order[start:end]))
