@@ -102,17 +102,22 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
 
 
 def _language_summary(plan: TablePlan, job: CacheJobOptions, rows: pa.Table | None, result: PipelineResult) -> dict[str, Any]:
-    keys_by_language: collections.Counter[str] = collections.Counter()
-    if rows is not None:
-        keys_by_language.update(code or "unknown" for code in rows.column("language").to_pylist())
     return {
         "column": job.language_column,
         "detector": plan.detector.version() if plan.detector is not None else None,
         "with_examples": list(plan.task.languages),
-        "keys_by_language": dict(sorted(keys_by_language.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "keys_by_language": keys_by_language(rows),
         "detected": read_counter(result, "languages_detected"),
         "unrecognised_column_values": read_counter(result, "language_values_unrecognised"),
     }
+
+
+def keys_by_language(rows: pa.Table | None) -> dict[str, int]:
+    """Prediction rows per language code (``unknown`` for none), most first, then by code."""
+    counts: collections.Counter[str] = collections.Counter()
+    if rows is not None:
+        counts.update(code or "unknown" for code in rows.column("language").to_pylist())
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def read_counter(result: PipelineResult, name: str) -> int | None:
