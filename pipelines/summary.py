@@ -92,7 +92,10 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
         "key_normalizer": KEY_VERSION,
         "languages": _language_summary(plan, job, rows, result),
         # What the match index built at publish holds: items, concepts, items several concepts claim.
-        "match": match_summary(rows, task.output_column) if task.output == "list" else None,
+        # Without fan-out the rows are the index's own: their claims are kept for the index build at publish.
+        "match": match_summary(rows, task.output_column, keep_in=None if task.target_languages else plan.vdir)
+        if task.output == "list"
+        else None,
         "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),

@@ -283,6 +283,7 @@ def test_the_job_publishes_the_index_and_reports_ambiguity(tmp_path):
         "ambiguous_items": 1,
         "ambiguous_examples": [{"item": "covid jab", "concepts": ["covid vaccine", "vaccine"], "claimed_by": 2}],
     }
+    assert not (tmp_path / "t" / "versions" / "r1" / match.SAVED_CLAIMS).exists(), "the claims kept for the index are gone after publish"
     with open_table(str(tmp_path / "t"), cache_dir=tmp_path / "cache") as table:
         assert table.match_index().directory == tmp_path / "t" / "versions" / "r1", "the version's own index, nothing built"
         assert spans(table.match("vuelos baratos a Roma")) == [("vuelos baratos", "cheap flights", 0, 14)]
@@ -310,3 +311,34 @@ def test_write_version_helper_builds_the_index_too(tmp_path):
     with open_table(str(tmp_path)) as table:
         assert table.match_index().directory == tmp_path / "versions" / "v1"
         assert spans(table.match("a covid jab")) == [("covid jab", "covid vaccine", 2, 11)]
+
+
+def _index_files(vdir):
+    meta = dict(sqlite3.connect(vdir / match.MATCH).execute("SELECT name, value FROM meta").fetchall())
+    return (vdir / match.AUTOMATON).read_bytes(), (vdir / match.CLAIMS).read_bytes(), meta
+
+
+def test_an_index_built_from_the_manifests_claims_is_the_one_built_from_the_shards(tmp_path):
+    vdir = write_table(tmp_path)
+    from_shards = _index_files(vdir)
+    rows = layout.read_shards(str(vdir), layout.PREDICTIONS)
+    summary = match.match_summary(rows, "synonyms", keep_in=str(vdir))
+    assert (vdir / match.SAVED_CLAIMS).is_file()
+    for name in (match.MATCH, match.AUTOMATON, match.CLAIMS):
+        (vdir / name).unlink()
+    built = match.write_match_index(str(tmp_path), "v1")
+    assert built is not None and built.to_dict() == summary
+    assert _index_files(vdir) == from_shards
+    assert not (vdir / match.SAVED_CLAIMS).exists()
+
+
+def test_claims_kept_from_other_shards_are_passed_over(tmp_path):
+    vdir = write_table(tmp_path, index=False)
+    stale = pa.table({"key": ["other"], "language": ["en"], "synonyms": pa.array([["nothing like it"]], pa.list_(pa.string()))})
+    match.match_summary(stale, "synonyms", keep_in=str(vdir))
+    # The shards change after the claims were kept (never in a job; a hand-edited version): the shards win.
+    shard = vdir / "predictions-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(shard), shard, compression="gzip")
+    match.write_match_index(str(tmp_path), "v1")
+    assert match.MatchIndex(vdir).exact("covid jab")[0]["concept"] == "covid vaccine"
+    assert match.MatchIndex(vdir).exact("nothing like it") == []
