@@ -16,7 +16,8 @@ target languages). Then each step runs in a fresh process, so its peak RSS is it
 - ``match_summary``: the manifest's ``match`` section;
 - ``report``: ``report.html`` (:func:`bulkinfer.tools.report.render_report`);
 - ``store``: ``store.sqlite`` (:func:`bulkinfer.lookup.store.write_store`);
-- ``match_index``: the match index (:func:`bulkinfer.lookup.match.write_match_index`);
+- ``match_index``: the match index (:func:`bulkinfer.lookup.match.write_match_index`), from the claims
+  the ``match_summary`` step kept where it ran first and the tree keeps them, else from the shards;
 - ``verify``: the check before ``CURRENT`` moves (:func:`bulkinfer.format.layout.verify_version`);
 - ``after_pipeline``: all of the above in one process, the way a publish runs them;
 - ``union``: :func:`bulkinfer.lookup.union.union_languages` over the fanned-out table;
@@ -239,10 +240,20 @@ def _languages(table: str, fanned: str, task: Any, vdir: str, prepared: dict[str
     return keys_by_language(prepared["rows"])
 
 
+def _keep_claims(vdir: str) -> dict[str, Any]:
+    """``keep_in`` as the job passes it (a tree without it collects the claims again at publish)."""
+    import inspect
+
+    from bulkinfer.lookup.match import match_summary
+
+    return {"keep_in": vdir} if "keep_in" in inspect.signature(match_summary).parameters else {}
+
+
 def _match_summary(table: str, fanned: str, task: Any, vdir: str, prepared: dict[str, Any]) -> Any:
     from bulkinfer.lookup.match import match_summary
 
-    return match_summary(prepared["rows"], task.output_column)
+    # Kept claims, where the tree keeps them, are what the match_index step (run after this one) builds from.
+    return match_summary(prepared["rows"], task.output_column, **_keep_claims(vdir))
 
 
 def _report(table: str, fanned: str, task: Any, vdir: str, prepared: dict[str, Any]) -> Any:
@@ -283,7 +294,7 @@ def _after_pipeline(table: str, fanned: str, task: Any, vdir: str, prepared: dic
     before = layout.read_shards(layout.version_dir(table, "v1"), layout.PREDICTIONS, ["key", task.output_column])
     measure(task, account.rows, account.dead_records, before)
     keys_by_language(account.rows)
-    match_summary(account.rows, task.output_column)
+    match_summary(account.rows, task.output_column, **_keep_claims(vdir))
     render_report(table, "v2")
     write_store(table, "v2")
     write_match_index(table, "v2")
