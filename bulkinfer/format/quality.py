@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -183,11 +182,26 @@ def _echoes_and_leaks(task: TaskSpec, keys: pa.Array, raws: pa.Array) -> tuple[i
     return echoes, leak_rows, leak_items
 
 
-# A raw output of these bytes only (printable ASCII and line breaks) parses in Arrow: no control
-# characters to remove, no whitespace but spaces inside an item, no Unicode in its keys.
-_PLAIN = re.compile("[\x20-\x7e\n]*")
 # _LEADING for such text (no tabs left, bullets • and · are not ASCII).
 _PLAIN_LEADING = "^(?:[-*]+|[0-9]{1,3}[.)]) +"
+
+
+def _plain(texts: pa.Array) -> Any:
+    """Numpy booleans: which strings hold only printable ASCII and line breaks, found over the whole
+    buffer at once. Such an answer parses in Arrow: no control characters to remove, no whitespace
+    but spaces inside an item, no Unicode in its keys."""
+    import numpy as np
+
+    texts = texts.cast(pa.string())
+    n = len(texts)
+    if n == 0 or texts.buffers()[2] is None:
+        return np.ones(n, bool)
+    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(texts.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    odd = ((data < 0x20) & (data != 0x0A)) | (data > 0x7E)
+    plain = np.ones(n, bool)
+    plain[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = False
+    return plain
 
 
 def _candidate_table(parser: OutputParser, raws: pa.Array) -> pa.Table:
@@ -202,9 +216,8 @@ def _candidate_table(parser: OutputParser, raws: pa.Array) -> pa.Table:
     import pyarrow.compute as pc
 
     task = parser.task
-    texts = raws.to_pylist()
     columnar = task.structured.json_schema is None and not task.parser.answer_marker
-    plain = np.fromiter((columnar and _PLAIN.fullmatch(text) is not None for text in texts), bool, len(texts))
+    plain = _plain(raws) if columnar else np.zeros(len(raws), bool)
     parts = []
     if plain.any():
         plain_at = np.flatnonzero(plain)
@@ -223,7 +236,8 @@ def _candidate_table(parser: OutputParser, raws: pa.Array) -> pa.Table:
         parts.append((owner, normalize_keys(items)))
     other = np.flatnonzero(~plain)
     if len(other):
-        found = [(i, item) for i in other.tolist() for item in _candidate_items(parser, texts[i])]
+        texts = raws.take(pa.array(other)).to_pylist()
+        found = [(i, item) for i, text in zip(other.tolist(), texts, strict=True) for item in _candidate_items(parser, text)]
         parts.append((np.array([i for i, _ in found], np.int64), pa.array([item for _, item in found], pa.string())))
     if not parts:
         return pa.table({"raw": pa.array([], pa.int64()), "item": pa.array([], pa.string())})
