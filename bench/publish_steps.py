@@ -197,6 +197,8 @@ def run_step(root: Path, step: str) -> dict[str, Any]:
         prepared = {"rows": account.rows, "dead": account.dead_records}
         if step == "quality":
             prepared["before"] = layout.read_shards(layout.version_dir(table, "v1"), layout.PREDICTIONS, ["key", task.output_column])
+    if step == "languages":
+        import bulkinfer.pipelines.summary  # noqa: F401  (Beam's import is the job's, not this step's)
     if step == "union":
         prepared["rows"] = layout.read_shards(layout.version_dir(fanned, "v1"), layout.PREDICTIONS)
     rss_before = _status_gb("VmRSS")

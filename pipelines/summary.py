@@ -118,8 +118,13 @@ def _language_summary(plan: TablePlan, job: CacheJobOptions, rows: pa.Table | No
 def keys_by_language(rows: pa.Table | None) -> dict[str, int]:
     """Prediction rows per language code (``unknown`` for none), most first, then by code."""
     counts: collections.Counter[str] = collections.Counter()
-    if rows is not None:
-        counts.update(code or "unknown" for code in rows.column("language").to_pylist())
+    if rows is not None and rows.num_rows:
+        import pyarrow.compute as pc
+
+        # Counted in Arrow: one entry per distinct code, not per row.
+        found = pc.value_counts(pc.fill_null(rows.column("language"), ""))
+        for code, count in zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True):
+            counts[code or "unknown"] += count
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
