@@ -200,40 +200,42 @@ def _claim_table(rows: pa.Table, output_column: str) -> pa.Table:
         if stated.any():
             at = np.where(stated, _list_starts(per_item)[parent] + position, 0)
             language = pc.if_else(pa.array(stated), pc.list_flatten(per_item).cast(pa.string()).take(at), language)
-    concept = keys.take(parent)
-    found = pa.table(
-        {
-            "item": items,
-            "own": pc.if_else(pc.equal(items, concept), 0, 1).cast(pa.int8()),
-            "position": pa.array(position, pa.int64()),
-            "concept": concept,
-            "language": language,
-        }
-    ).filter(pc.fill_null(pc.not_equal(items, ""), False))
-    own = pa.table(
-        {
-            "item": keys,
-            "own": pa.array(np.zeros(len(keys), np.int8)),
-            "position": pa.array(np.full(len(keys), -1, np.int64)),
-            "concept": keys,
-            "language": languages,
-        }
-    )
-    # The rank (module docstring); the sort is stable, so equal claims keep row order, as before.
-    ranked = pa.concat_tables([own, found]).sort_by(
-        [("item", "ascending"), ("own", "ascending"), ("position", "ascending"), ("concept", "ascending")]
-    )
-    ranked = ranked.take(_first_of_each(ranked.column("item"), ranked.column("concept")))  # a concept claims an item once
-    item = ranked.column("item").combine_chunks()
-    starts = np.flatnonzero(_starts_run(item))
+    claimed = pc.fill_null(pc.not_equal(items, ""), False).to_numpy(zero_copy_only=False)
+    # Strings become ranks that sort as the strings do (concept keys are items too: one
+    # space), so that the ranking below is one numpy sort.
+    every_item, item_rank = _ranks(pa.concat_arrays([keys, items.filter(pa.array(claimed))]))
+    key_rank = item_rank[: len(keys)]
+    concept_rank = np.concatenate([key_rank, key_rank[parent[claimed]]])
+    own = (item_rank != concept_rank).astype(np.int8)  # 0 where the item is its concept's key
+    at = np.concatenate([np.full(len(keys), -1, np.int64), position[claimed]])
+    language = pa.concat_arrays([languages, language.filter(pa.array(claimed))])
+    # The rank (module docstring); lexsort is stable, so equal claims keep row order, as before.
+    ranked = np.lexsort((concept_rank, at, own, item_rank))
+    # A concept claims an item once: its first claim in rank order.
+    pair = item_rank[ranked] * np.int64(len(every_item) + 1) + concept_rank[ranked]
+    ranked = ranked[np.sort(np.unique(pair, return_index=True)[1])]
+    item = item_rank[ranked]
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if len(item) else np.zeros(0, np.int64)
     offsets = pa.array(np.append(starts, len(item)), pa.int32())
     return pa.table(
         {
-            "item": item.take(pa.array(starts)),
-            "concepts": pa.ListArray.from_arrays(offsets, ranked.column("concept").combine_chunks()),
-            "languages": pa.ListArray.from_arrays(offsets, ranked.column("language").combine_chunks()),
+            "item": every_item.take(pa.array(item[starts])),
+            "concepts": pa.ListArray.from_arrays(offsets, every_item.take(pa.array(concept_rank[ranked]))),
+            "languages": pa.ListArray.from_arrays(offsets, language.take(pa.array(ranked))),
         }
     )
+
+
+def _ranks(values: pa.Array) -> tuple[pa.Array, Any]:
+    """The distinct strings of an array, sorted, and each value's place among them (numpy int64)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    encoded = values.dictionary_encode()
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    place = np.empty(len(order), np.int64)
+    place[order] = np.arange(len(order))
+    return encoded.dictionary.take(order), place[encoded.indices.to_numpy()]
 
 
 def _list_lengths(lists: pa.Array) -> Any:

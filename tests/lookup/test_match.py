@@ -342,3 +342,62 @@ def test_claims_kept_from_other_shards_are_passed_over(tmp_path):
     match.write_match_index(str(tmp_path), "v1")
     assert match.MatchIndex(vdir).exact("covid jab")[0]["concept"] == "covid vaccine"
     assert match.MatchIndex(vdir).exact("nothing like it") == []
+
+
+def _claims_by_the_rules(rows):
+    """collect_claims as the module docstring states its rules, row by row in Python."""
+    from bulkinfer.keys import normalize_key
+
+    found = {}
+    order = 0
+    for row in rows:  # each concept's key is an item of its own
+        found.setdefault(row["key"], []).append((0, -1, row["key"], order, row["language"]))
+        order += 1
+    for row in rows:
+        stated = row.get(match.ITEM_LANGUAGES) or []
+        for position, spelling in enumerate(row["synonyms"] or []):
+            item = normalize_key(spelling) if spelling else ""
+            if item:
+                language = stated[position] if position < len(stated) else row["language"]
+                found.setdefault(item, []).append((0 if item == row["key"] else 1, position, row["key"], order, language))
+                order += 1
+    claims = []
+    for item in sorted(found):
+        ranked, seen = [], set()
+        for _, _, concept, _, language in sorted(found[item]):
+            if concept not in seen:
+                seen.add(concept)
+                ranked.append((concept, language))
+        claims.append((item, ranked))
+    return claims
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_claims_by_column_follow_the_ranking_rules(seed):
+    import random
+
+    rng = random.Random(seed)
+    spellings = ["Covid Jab", "covid  jab", "jab", "vacuna", "", " ", "straße", "STRASSE", "新冠疫苗", "key 1", "Key 2", None]
+    rows = [
+        {
+            "key": f"key {rng.randint(0, 9)}",
+            "language": rng.choice(["en", "de", None]),
+            "synonyms": rng.choice([None, [], rng.sample(spellings, rng.randint(1, 7))]),
+            match.ITEM_LANGUAGES: rng.choice([None, [], ["es"], ["fr", None, "it"]]),
+        }
+        for _ in range(40)
+    ]
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("key", pa.string()),
+                ("language", pa.string()),
+                ("synonyms", pa.list_(pa.string())),
+                (match.ITEM_LANGUAGES, pa.list_(pa.string())),
+            ]
+        ),
+    )
+    expected = _claims_by_the_rules(rows)
+    assert expected and any(len(ranked) > 1 for _, ranked in expected), "the data has ambiguous items"
+    assert match.collect_claims(table, "synonyms") == [(item, [tuple(c) for c in ranked]) for item, ranked in expected]
