@@ -19,8 +19,9 @@ _WRAPPING = "\"'`“”‘’«»()[]{} \t"
 _TRAILING = ".;:!?"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 ITEM_WRAPPING = _WRAPPING
-"""Characters trimmed from both ends of a list item (quotes, brackets, spaces); the quality measures' Arrow
-parse of plain answers (:func:`bulkinfer.format.quality._candidate_table`) mirrors :func:`clean_items` with them."""
+"""Characters trimmed from both ends of a list item (quotes, brackets, spaces). The quality measures parse
+plain answers in Arrow (``format/quality.py`` ``_candidate_table``) as :func:`clean_items` does: a change
+to its steps needs the same change there (tests/format/test_quality.py compares the two)."""
 ITEM_TRAILING = _TRAILING
 """Punctuation trimmed from the end of a list item."""
 
@@ -177,11 +178,7 @@ def _splitter(separators: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:
-    """Trims bullets, quotes and trailing punctuation; drops empty items, the query and repeats.
-
-    The quality measures clean plain answers the same way in Arrow (``format/quality.py``
-    ``_candidate_table``): a change here needs the same change there (its test compares both).
-    """
+    """Trims bullets, quotes and trailing punctuation; drops empty items, the query and repeats."""
     items: list[str] = []
     seen = {key}
     for piece in pieces:
