@@ -76,23 +76,43 @@ def request_tokens(max_tokens: int, request: PromptRequest) -> int:
     return prompt + max_tokens
 
 
+class BatchCutter:
+    """Cuts a stream of requests like Beam's ``BatchElements`` with ``min = max = max_size``: a batch
+    is full when the next element would take it past ``max_size`` (an element bigger than that
+    gets a batch of its own)."""
+
+    def __init__(self, max_size: int, size: Callable[[Any], int] = lambda _: 1):
+        """Args:
+        max_size: the budget of a batch, in ``size`` units.
+        size: an element's weight (default 1: ``max_size`` counts elements).
+        """
+        self._max_size = max_size
+        self._size = size
+        self._batch: list[Any] = []
+        self._running = 0
+
+    def add(self, request: Any) -> list[Any] | None:
+        """Adds ``request``; returns the batch it closed, if it closed one."""
+        weight = self._size(request)
+        full = None
+        if self._batch and self._running + weight > self._max_size:
+            full, self._batch, self._running = self._batch, [], 0
+        self._batch.append(request)
+        self._running += weight
+        return full
+
+    def flush(self) -> list[Any] | None:
+        """The batch being filled (None when empty), which starts a new one."""
+        batch, self._batch, self._running = self._batch, [], 0
+        return batch or None
+
+
 def batches_of(requests: Sequence[Any], max_size: int, size: Callable[[Any], int] = lambda _: 1) -> list[list[Any]]:
-    """Cuts ``requests`` like Beam's ``BatchElements`` with ``min = max = max_size``: a batch is
-    emitted when the next element would take it past ``max_size`` (an element bigger than
-    that gets a batch of its own)."""
-    out: list[list[Any]] = []
-    batch: list[Any] = []
-    running = 0
-    for request in requests:
-        weight = size(request)
-        if batch and running + weight > max_size:
-            out.append(batch)
-            batch, running = [], 0
-        batch.append(request)
-        running += weight
-    if batch:
-        out.append(batch)
-    return out
+    """``requests`` cut into batches by :class:`BatchCutter`."""
+    cutter = BatchCutter(max_size, size)
+    out = [batch for batch in map(cutter.add, requests) if batch is not None]
+    rest = cutter.flush()
+    return [*out, rest] if rest else out
 
 
 # Engines kept for later pipelines of the same process (one run over several

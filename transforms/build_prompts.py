@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pyarrow as pa
 
-from bulkinfer.format.records import PromptRequest, QueryGroup
-from bulkinfer.tasks.prompts import render_messages, render_prompt
+from bulkinfer.format.records import PromptRequest, QueryGroup, query_groups
+from bulkinfer.tasks.prompts import PromptRenderer, render_messages
 from bulkinfer.tasks.spec import TaskSpec
+from bulkinfer.transforms.engine_batch import EngineBatch
 
 
 class BuildPrompts(beam.PTransform):
-    """Renders the task's prompt for every :class:`QueryGroup`, with the examples of its language.
+    """Renders the task's prompt for every key of the key-group tables, with the examples of its language.
 
-    ``completion`` tasks get the prompt text; ``chat`` tasks get chat turns, which
+    Each table becomes one list of :class:`PromptRequest` (``Generate`` cuts the lists
+    into engine batches). ``completion`` tasks get the prompt text; ``chat`` tasks get chat turns, which
     the model handler renders with the model tokenizer's chat template.
     """
 
@@ -24,11 +27,23 @@ class BuildPrompts(beam.PTransform):
         self._task = task
 
     def expand(self, groups: beam.PCollection) -> beam.PCollection:
-        return groups | "Render" >> beam.Map(prompt_request, self._task)
+        return groups | "Render" >> beam.Map(prompt_requests, self._task).with_output_types(EngineBatch)
 
 
-def prompt_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
-    """The engine request of one key: its prompt text, or chat turns for ``chat`` tasks."""
+def prompt_requests(groups: pa.Table, task: TaskSpec) -> EngineBatch:
+    """The engine requests of a key-group table, in its row order."""
+    renderer = PromptRenderer(task)
+    return EngineBatch(prompt_request(group, task, renderer) for group in query_groups(groups))
+
+
+def prompt_request(group: QueryGroup, task: TaskSpec, renderer: PromptRenderer | None = None) -> PromptRequest:
+    """The engine request of one key: its prompt text, or chat turns for ``chat`` tasks.
+
+    Args:
+        group: the key.
+        task: the task spec.
+        renderer: the task's renderer, when rendering many keys (it works out the instruction and examples once).
+    """
     if task.format == "chat":
         messages = render_messages(task, group.key, dict(group.fields), group.language)
         return PromptRequest(
@@ -43,7 +58,7 @@ def prompt_request(group: QueryGroup, task: TaskSpec) -> PromptRequest:
     return PromptRequest(
         key=group.key,
         query=group.query,
-        prompt=render_prompt(task, group.key, dict(group.fields), group.language),
+        prompt=(renderer or PromptRenderer(task)).prompt(group.key, dict(group.fields), group.language),
         source_rows=group.source_rows,
         fields=group.fields,
         language=group.language,

@@ -24,11 +24,18 @@ class _Count(beam.DoFn):
     def process(self, element: Any) -> Iterator[Any]:
         if isinstance(element, pa.Table):  # a table of rows counts its rows
             self._counts.add(self._name, element.num_rows)
-        elif isinstance(element, Generation) and not element.error_reason:
-            self._counts.add(self._name, 1, prompt_tokens=element.prompt_tokens, output_tokens=element.output_tokens)
+        elif isinstance(element, list):  # a batch of generations (or requests) counts each
+            for item in element:
+                self._count(item)
+        else:
+            self._count(element)
+        yield element
+
+    def _count(self, item: Any) -> None:
+        if isinstance(item, Generation) and not item.error_reason:
+            self._counts.add(self._name, 1, prompt_tokens=item.prompt_tokens, output_tokens=item.output_tokens)
         else:
             self._counts.add(self._name)
-        yield element
 
     def finish_bundle(self) -> None:
         self._counts.flush()
@@ -37,10 +44,11 @@ class _Count(beam.DoFn):
 class CountProgress(beam.PTransform):
     """Passes every element through unchanged and counts it under ``name`` for the live progress display.
 
-    A ``pyarrow.Table`` counts as its rows. Generations also add their prompt and output tokens (and to the token-length
-    histograms). Counts go to one file per worker process under ``directory``
-    (:mod:`bulkinfer.format.progress`), a local directory: the display reads it from
-    the main process, so this only counts on runners whose workers share the host.
+    A ``pyarrow.Table`` counts as its rows, a list as its items. Generations also add
+    their prompt and output tokens (and to the token-length histograms). Counts go to
+    one file per worker process under ``directory`` (:mod:`bulkinfer.format.progress`),
+    a local directory: the display reads it from the main process, so this only
+    counts on runners whose workers share the host.
     """
 
     def __init__(self, directory: str, name: str):
@@ -55,4 +63,5 @@ class CountProgress(beam.PTransform):
         self._name = name
 
     def expand(self, elements: beam.PCollection) -> beam.PCollection:
-        return elements | "Count" >> beam.ParDo(_Count(self._directory, self._name))
+        # Passed through as they came: the same element type, so the same coder.
+        return elements | "Count" >> beam.ParDo(_Count(self._directory, self._name)).with_output_types(elements.element_type)

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 
-from bulkinfer.format.records import QueryGroup
 
-
-def fan_out(group: QueryGroup, target_languages: Sequence[str]) -> Iterator[QueryGroup]:
-    """The key once per target language, that language being the group's language."""
-    for language in target_languages:
-        yield dataclasses.replace(group, language=language)
+def fan_out(groups: pa.Table, target_languages: Sequence[str]) -> pa.Table:
+    """Every key of a key-group table once per target language, that language being the row's language."""
+    at = groups.schema.get_field_index("language")
+    return pa.concat_tables(
+        groups.set_column(at, "language", pa.repeat(pa.scalar(language, pa.string()), groups.num_rows)) for language in target_languages
+    )
 
 
 class FanOutLanguages(beam.PTransform):
-    """Turns each :class:`QueryGroup` into one per target language of the task.
+    """Turns each key of the key-group tables into one row per target language of the task.
 
-    The group's language picks the prompt (``instruction_by_language`` and
+    The row's language picks the prompt (``instruction_by_language`` and
     ``examples_by_language``, else the fallback naming the language), so every later
     stage works per key and language: reuse of earlier results, checkpoints, dead
     letters, the prediction rows and the row accounting. The language the key's rows
     came in is not kept: what a fanned-out prompt asks for is its target language.
-    Each group keeps the key's ``source_rows``; the manifest's accounting counts every
+    Each row keeps the key's ``source_rows``; the manifest's accounting counts every
     input row once per target language.
     """
 
@@ -36,4 +36,4 @@ class FanOutLanguages(beam.PTransform):
         self._targets = tuple(target_languages)
 
     def expand(self, groups: beam.PCollection) -> beam.PCollection:
-        return groups | "PerTargetLanguage" >> beam.FlatMap(fan_out, self._targets)
+        return groups | "PerTargetLanguage" >> beam.Map(fan_out, self._targets)

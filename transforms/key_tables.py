@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from bulkinfer.format.records import METRICS_NAMESPACE, Provenance, QueryGroup
+from bulkinfer.format.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, Provenance, field_column
 from bulkinfer.keys import normalize_key
 from bulkinfer.tasks.languages import normalize_language
 from bulkinfer.transforms.sample_keys import key_rank
@@ -37,11 +37,12 @@ def key_bucket(key: str, buckets: int = KEY_BUCKETS) -> int:
 
 
 class KeyTable(beam.DoFn):
-    """Keys a table of corpus rows; yields ``(bucket, spellings)`` pairs and dead letters.
+    """Keys a table of corpus rows; yields ``(bucket, spellings)`` pairs and a table of dead letters.
 
     ``spellings`` holds, for every (key, language) of the table in that bucket, its
     row count and best-ranked spelling (with its template columns); rows without a
-    usable query go to the ``dead`` output with the reason :class:`KeyRow` gives them.
+    usable query go to the ``dead`` output, one table of dead-letter rows per input
+    table, each with the reason :class:`KeyRow` gives it.
     """
 
     def __init__(
@@ -74,11 +75,14 @@ class KeyTable(beam.DoFn):
         dead = pc.is_null(keyed.column("key"))
         for name in self._fields:
             dead = pc.or_(dead, pc.is_null(table.column(name)))
+        letters = []
         for row in table.filter(dead).to_pylist():
             for out in self._row.process(row):
                 if not isinstance(out, pvalue.TaggedOutput):
                     raise AssertionError(f"KeyRow keyed a row the columnar rules dead-lettered: {row!r}")
-                yield out
+                letters.append(out.value)
+        if letters:
+            yield pvalue.TaggedOutput(out.tag, pa.Table.from_pylist(letters, schema=DEAD_LETTER_SCHEMA))
         kept = pc.invert(dead)
         if pc.any(kept).as_py():
             yield from self._by_bucket(table.filter(kept), keyed.filter(kept))
@@ -141,7 +145,7 @@ class KeyTable(beam.DoFn):
             "query": keyed.column("query"),
             "fields_rank": self._fields_rank(table),
         }
-        columns |= {_field(name): table.column(name) for name in self._fields}
+        columns |= {field_column(name): table.column(name) for name in self._fields}
         rows = pa.table(columns)
         merged = merge_spellings(rows.append_column("rows", pa.array(np.ones(rows.num_rows, np.int64))), by_language=True)
         distinct_keys = merged.column("key").to_pylist()
@@ -161,10 +165,6 @@ class KeyTable(beam.DoFn):
         return pa.array([json.dumps(tuple((name, row[name]) for name in self._fields), default=repr) for row in values], pa.string())
 
 
-def _field(name: str) -> str:
-    return f"field:{name}"
-
-
 def merge_spellings(spellings: pa.Table, *, by_language: bool) -> pa.Table:
     """Merges spelling rows: per key (and language, when ``by_language``), the summed ``rows`` and the best-ranked spelling.
 
@@ -180,23 +180,24 @@ def merge_spellings(spellings: pa.Table, *, by_language: bool) -> pa.Table:
 
 
 class ToGroups(beam.DoFn):
-    """Merges a bucket's spellings from every table into one :class:`QueryGroup` per key."""
+    """Merges a bucket's spellings from every table into a key-group table: one row per key.
+
+    The table has the columns of :data:`bulkinfer.format.records.GROUP_COLUMNS` and
+    the template columns (``field:<name>``), each row a :class:`QueryGroup`.
+    """
 
     def __init__(self, fields: Sequence[str]):
         self._fields = tuple(fields)
 
-    def process(self, item: tuple[int, Any]) -> Iterator[QueryGroup]:
+    def process(self, item: tuple[int, Any]) -> Iterator[pa.Table]:
         _, tables = item
         spellings = pa.concat_tables(list(tables), promote_options="permissive")
         by_language = merge_spellings(spellings, by_language=True)
         best = merge_spellings(by_language, by_language=False)
-        language = _commonest_language(by_language)
-        votes = dict(zip(language.column("key").to_pylist(), language.column("language").to_pylist(), strict=True))
-        columns = best.select(["key", "query", "rows", *(_field(name) for name in self._fields)]).to_pydict()
-        values = [columns[_field(name)] for name in self._fields]
-        for i, (key, query, rows) in enumerate(zip(columns["key"], columns["query"], columns["rows"], strict=True)):
-            fields = tuple((name, value[i]) for name, value in zip(self._fields, values, strict=True))
-            yield QueryGroup(key=key, query=query, fields=fields, source_rows=rows, language=votes.get(key))
+        votes = _commonest_language(by_language)
+        language = pc.take(votes.column("language"), pc.index_in(best.column("key"), value_set=votes.column("key")))
+        columns = {"key": best.column("key"), "query": best.column("query"), "language": language, "source_rows": best.column("rows")}
+        yield pa.table(columns | {field_column(name): best.column(field_column(name)) for name in self._fields})
 
 
 def _commonest_language(by_language: pa.Table) -> pa.Table:

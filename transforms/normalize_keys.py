@@ -131,9 +131,11 @@ class NormalizeKeys(beam.PTransform):
     spelling, and spellings merge per key-hash bucket with pyarrow, by the rules of
     :class:`KeyRow` and :class:`PickRepresentative` (which ``--dry_run`` uses row by row).
 
-    Returns ``(groups, dead)``: one :class:`QueryGroup` per distinct key, and a dead-letter row for every input row without
-    a usable query (null, not text, empty after normalisation, or a null template
-    column). Merging happens here, before any prompt is built, so a query in 1,000
+    Returns ``(groups, dead)``: key-group tables (one row per distinct key, the
+    :class:`QueryGroup` fields as columns, ``records.group_table``; one table per
+    key-hash bucket), and tables of dead-letter rows, one row for every input row
+    without a usable query (null, not text, empty after normalisation, or a null
+    template column). Merging happens here, before any prompt is built, so a query in 1,000
     spellings costs one generation. With a language column, a key's language is the
     commonest recognised code among its rows (ties: the smaller code); rows with a
     null or unrecognised value do not vote, and a key with no vote keeps ``None``.

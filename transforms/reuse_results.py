@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
@@ -13,72 +17,175 @@ from bulkinfer.errors import Reason
 from bulkinfer.format import fs
 from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
 from bulkinfer.format.records import METRICS_NAMESPACE
+from bulkinfer.transforms.key_tables import KEY_BUCKETS, key_bucket
 
 REUSED = "reused"
 REUSED_DEAD = "reused_dead"
 
+SOURCES = ("previous", "previous_dead", "checkpoint", "checkpoint_dead")
+"""The result sources ``ReuseResults`` joins, by name: the published version first, then checkpoints."""
+
 # Dead letters that the same fingerprint would produce again: a prompt too long for
 # the context stays too long; a greedy answer that did not parse parses no better.
 # Engine failures may be transient and are retried.
-_DETERMINISTIC = {Reason.PROMPT_TOO_LONG, Reason.UNPARSEABLE_OUTPUT}
+_DETERMINISTIC = (Reason.PROMPT_TOO_LONG, Reason.UNPARSEABLE_OUTPUT)
+
+_NO_LANGUAGE = "\x00"
+"""Stands for a null language in joins (Arrow joins never match null to null); no language code is it."""
 
 
-class SplitByReuse(beam.DoFn):
-    """Sends a key to generation, or carries an earlier result (same fingerprint) or dead letter for it.
+@dataclass(frozen=True)
+class ReuseSplit:
+    """What :func:`split_by_reuse` makes of a key-group table."""
 
-    Public so that ``bulkinfer run --dry_run`` applies the job's own reuse rules.
+    to_generate: pa.Table
+    """The key-group rows no earlier result answers."""
+    reused: pa.Table
+    """Earlier prediction rows, one per reused (key, language), with today's ``source_rows``."""
+    reused_dead: pa.Table
+    """Earlier deterministic dead letters, one per (key, language) they still answer, with today's ``source_rows``."""
+    resumed: int
+    """How many of those came from checkpoints rather than the published version."""
+
+
+def split_by_reuse(groups: pa.Table, earlier: Mapping[str, pa.Table | None], fingerprint: str, greedy: bool) -> ReuseSplit:
+    """Splits key groups into those to generate and the earlier results that answer the rest.
+
+    A (key, language) is answered by the first earlier prediction with this
+    ``fingerprint`` and the same language (the language picks the examples: a result
+    made for another language answered another prompt), the published version before
+    checkpoints; failing that, by the first such dead letter whose reason the same
+    fingerprint would give again. A key fanned out into target languages is matched
+    per language. Keys the groups do not hold (they left the corpus) leave the table.
+    Public so that ``bulkinfer run --dry_run`` applies the job's own rules.
+
+    Args:
+        groups: a key-group table (``records.group_table``).
+        earlier: the rows of each of :data:`SOURCES` (None or absent: none).
+        fingerprint: this run's fingerprint (``Provenance.fingerprint``).
+        greedy: whether the task samples at temperature 0 (same prompt, same answer).
     """
+    groups = _first_per_pair(groups)
+    reusable_dead = _DETERMINISTIC if greedy else (Reason.PROMPT_TOO_LONG,)
+    reused, resumed_predictions, answered = _matches(groups, earlier, ("previous", "checkpoint"), fingerprint, None)
+    rest = groups.filter(pc.invert(answered))
+    dead, resumed_dead, answered_dead = _matches(rest, earlier, ("previous_dead", "checkpoint_dead"), fingerprint, reusable_dead)
+    return ReuseSplit(rest.filter(pc.invert(answered_dead)), reused, dead, resumed_predictions + resumed_dead)
 
+
+def _pairs(table: pa.Table) -> pa.Table:
+    return pa.table({"key": table.column("key"), "language": pc.fill_null(table.column("language"), _NO_LANGUAGE)})
+
+
+def _first_per_pair(groups: pa.Table) -> pa.Table:
+    pairs = _pairs(groups).append_column("position", pa.array(np.arange(groups.num_rows, dtype=np.int64)))
+    first = pairs.group_by(["key", "language"], use_threads=False).aggregate([("position", "min")]).column("position_min")
+    return groups if len(first) == groups.num_rows else groups.take(pa.array(np.sort(first.to_numpy())))
+
+
+def _matches(
+    groups: pa.Table, earlier: Mapping[str, pa.Table | None], sources: tuple[str, str], fingerprint: str, reasons: tuple[str, ...] | None
+) -> tuple[pa.Table, int, pa.Array]:
+    """The earlier rows (of ``sources``, in order) answering ``groups``: the rows, how many came from the second source, and
+    which groups they answer."""
+    candidates = []
+    for order, name in enumerate(sources):
+        table = earlier.get(name)
+        if table is None or table.num_rows == 0 or groups.num_rows == 0:
+            continue
+        usable = pc.and_kleene(pc.is_valid(table.column("key")), pc.equal(table.column("fingerprint"), fingerprint))
+        if reasons is not None:
+            usable = pc.and_kleene(usable, pc.is_in(table.column("reason"), value_set=pa.array(reasons, pa.string())))
+        rows = np.flatnonzero(pc.fill_null(usable, False).to_numpy(zero_copy_only=False))
+        if len(rows):
+            pairs = _pairs(table.take(rows)).append_column("at", pa.array(rows + (order << 40), pa.int64()))
+            candidates.append(pairs)
+    none = pa.array(np.zeros(groups.num_rows, dtype=bool))
+    if not candidates:
+        return _empty(earlier, sources), 0, none
+    wanted = _pairs(groups).append_column("group", pa.array(np.arange(groups.num_rows, dtype=np.int64)))
+    joined = wanted.join(pa.concat_tables(candidates), ["key", "language"], join_type="inner", use_threads=False)
+    if joined.num_rows == 0:
+        return _empty(earlier, sources), 0, none
+    best = joined.group_by("group", use_threads=False).aggregate([("at", "min")])
+    at = best.column("at_min").to_numpy()
+    group = best.column("group").to_numpy()
+    pieces, resumed = [], 0
+    for order, name in enumerate(sources):
+        mine = (at >> 40) == order
+        if not mine.any():
+            continue
+        rows = earlier[name].take(pa.array(at[mine] & ((1 << 40) - 1)))
+        # The answer and its provenance stay as they were; only the corpus count is today's.
+        rows = rows.set_column(rows.schema.get_field_index("source_rows"), "source_rows", groups.column("source_rows").take(group[mine]))
+        pieces.append(rows)
+        resumed += int(mine.sum()) if order else 0
+    answered = np.zeros(groups.num_rows, dtype=bool)
+    answered[group] = True
+    return pa.concat_tables(pieces, promote_options="permissive"), resumed, pa.array(answered)
+
+
+def _empty(earlier: Mapping[str, pa.Table | None], sources: tuple[str, str]) -> pa.Table:
+    for name in sources:
+        if earlier.get(name) is not None:
+            return earlier[name].slice(0, 0)
+    return pa.table({})
+
+
+class SplitBuckets(beam.DoFn):
+    """Cuts a table with a ``key`` column into one ``(bucket, rows)`` pair per key-hash bucket it touches."""
+
+    def __init__(self, fingerprint: str | None = None, buckets: int = KEY_BUCKETS):
+        self._fingerprint = fingerprint
+        self._buckets = buckets
+
+    def process(self, table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+        keep = pc.is_valid(table.column("key"))
+        if self._fingerprint is not None:  # other fingerprints answer nothing here: not worth shipping
+            keep = pc.and_kleene(keep, pc.equal(table.column("fingerprint"), self._fingerprint))
+        table = table.filter(pc.fill_null(keep, False))
+        if table.num_rows == 0:
+            return
+        buckets = np.fromiter((key_bucket(k, self._buckets) for k in table.column("key").to_pylist()), np.int64, table.num_rows)
+        order = np.argsort(buckets, kind="stable")
+        buckets = buckets[order]
+        starts = np.flatnonzero(np.diff(buckets, prepend=-1))
+        for start, end in zip(starts, [*starts[1:], len(buckets)], strict=True):
+            # take, not slice: a pickled slice carries its parent's whole buffers.
+            yield int(buckets[start]), table.take(pa.array(order[start:end]))
+
+
+class _Split(beam.DoFn):
     def __init__(self, fingerprint: str, greedy: bool):
         self._fingerprint = fingerprint
-        self._reusable_dead = _DETERMINISTIC if greedy else {Reason.PROMPT_TOO_LONG}
+        self._greedy = greedy
         self._resumed = Metrics.counter(METRICS_NAMESPACE, "resumed_from_checkpoints")
 
-    def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    def process(self, item: tuple[int, dict[str, list[pa.Table]]]) -> Iterator[Any]:
         _, joined = item
-        # No group: the key left the corpus, so it leaves the table too. Several groups: the
-        # key fanned out into target languages (FanOutLanguages), each reused on its own.
-        for group in {g.language: g for g in reversed(joined["groups"])}.values():
-            # The key's language picks its examples: a result made for another language answered another prompt.
-            language = group.language
-            found = self._first(joined, "previous", "checkpoint", lambda r: r.get("language") == language)  # noqa: B023
-            dead = self._first(
-                joined,
-                "previous_dead",
-                "checkpoint_dead",
-                lambda d: d.get("language") == language and d.get("reason") in self._reusable_dead,  # noqa: B023
-            )
-            if found is not None:
-                # The answer and its provenance stay as they were; only the corpus count is today's.
-                yield pvalue.TaggedOutput(REUSED, {**found, "source_rows": group.source_rows})
-            elif dead is not None:
-                yield pvalue.TaggedOutput(REUSED_DEAD, {**dead, "source_rows": group.source_rows})
-            else:
-                yield group
-
-    def _first(self, joined: dict[str, list[Any]], published: str, checkpointed: str, usable: Any) -> dict[str, Any] | None:
-        for source in (published, checkpointed):
-            for row in joined[source]:
-                if row.get("fingerprint") == self._fingerprint and usable(row):
-                    if source == checkpointed:
-                        self._resumed.inc()
-                    return row
-        return None
+        if not joined["groups"]:
+            return  # only earlier results: their keys left the corpus, so they leave the table too
+        groups = pa.concat_tables(joined["groups"])
+        earlier = {name: pa.concat_tables(joined[name], promote_options="permissive") if joined[name] else None for name in SOURCES}
+        split = split_by_reuse(groups, earlier, self._fingerprint, self._greedy)
+        self._resumed.inc(split.resumed)
+        if split.to_generate.num_rows:
+            yield split.to_generate
+        if split.reused.num_rows:
+            yield pvalue.TaggedOutput(REUSED, split.reused)
+        if split.reused_dead.num_rows:
+            yield pvalue.TaggedOutput(REUSED_DEAD, split.reused_dead)
 
 
 def _read_results(pipeline: beam.Pipeline, name: str, directory: str | None, kind: str) -> beam.PCollection:
     pattern = fs.join(directory, f"{kind}-*.parquet") if directory else None
     if pattern is None or not fs.match(pattern):
         return pipeline | f"No_{name}" >> beam.Create([])
-    return pipeline | f"Read_{name}" >> beam.io.ReadFromParquet(pattern)
-
-
-SOURCES = ("previous", "previous_dead", "checkpoint", "checkpoint_dead")
-"""The result sources ``ReuseResults`` joins, by name."""
+    return pipeline | f"Read_{name}" >> beam.io.ReadFromParquetBatched(pattern)
 
 
 class ReuseResults(beam.PTransform):
-    """Splits keys into those that need generating and results reused from earlier work.
+    """Splits key groups into those that need generating and results reused from earlier work.
 
     Earlier work is the published version (``previous``, ``previous_dead``) and the
     chunks that runs checkpointed while generating (``checkpoint``,
@@ -89,8 +196,12 @@ class ReuseResults(beam.PTransform):
     result was a deterministic dead letter (``prompt_too_long``; ``unparseable_output``
     under greedy decoding) with the same fingerprint and language keeps that dead letter.
     A key fanned out into target languages is reused per language: a rerun that adds a
-    target generates only the new (key, language) pairs. Applied to the keys' groups;
-    returns ``(to_generate, reused_predictions, reused_dead_letters)``.
+    target generates only the new (key, language) pairs.
+
+    Works a key-hash bucket at a time: the groups and the earlier results are cut into
+    buckets as Arrow tables, joined per bucket (:func:`split_by_reuse`), so neither side
+    is shuffled row by row. Applied to key-group tables; returns ``(to_generate,
+    reused_predictions, reused_dead_letters)``, all tables.
     """
 
     def __init__(self, fingerprint: str, greedy: bool, published: str | None, checkpoints: str):
@@ -106,17 +217,15 @@ class ReuseResults(beam.PTransform):
         self._directories = {"previous": published, "checkpoint": checkpoints}
 
     def expand(self, groups: beam.PCollection) -> tuple[beam.PCollection, ...]:
-        keyed = {"groups": groups | "KeyGroups" >> beam.Map(lambda g: (g.key, g))}
+        bucketed = {"groups": groups | "BucketGroups" >> beam.ParDo(SplitBuckets())}
         for name in SOURCES:
             source, _, dead = name.partition("_")
-            keyed[name] = (
-                _read_results(groups.pipeline, name, self._directories[source], DEAD_LETTER if dead else PREDICTIONS)
-                | f"Keyed_{name}" >> beam.Filter(lambda row: row.get("key") is not None)
-                | f"Key_{name}" >> beam.Map(lambda row: (row["key"], row))
-            )
+            bucketed[name] = _read_results(
+                groups.pipeline, name, self._directories[source], DEAD_LETTER if dead else PREDICTIONS
+            ) | f"Bucket_{name}" >> beam.ParDo(SplitBuckets(self._fingerprint))
         split = (
-            keyed
-            | "JoinOnKey" >> beam.CoGroupByKey()
-            | "Split" >> beam.ParDo(SplitByReuse(self._fingerprint, self._greedy)).with_outputs(REUSED, REUSED_DEAD, main="to_generate")
+            bucketed
+            | "JoinOnBucket" >> beam.CoGroupByKey()
+            | "Split" >> beam.ParDo(_Split(self._fingerprint, self._greedy)).with_outputs(REUSED, REUSED_DEAD, main="to_generate")
         )
         return split.to_generate, split[REUSED], split[REUSED_DEAD]

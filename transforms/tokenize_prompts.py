@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
 
 from bulkinfer.format.records import PromptRequest
+from bulkinfer.transforms.engine_batch import EngineBatch
 
 
 class TokenizePrompts(beam.PTransform):
-    """Attaches ``prompt_token_ids`` to every :class:`PromptRequest`, tokenised in batches.
+    """Attaches ``prompt_token_ids`` to every :class:`PromptRequest` of the request lists, tokenised in batches.
 
     Tokenising here, not inside the engine call, takes the tokenizer off the engine
     stage's critical path (a runner may run it on other threads or workers) and gives
@@ -29,16 +31,13 @@ class TokenizePrompts(beam.PTransform):
         self._batch_size = batch_size
 
     def expand(self, requests: beam.PCollection) -> beam.PCollection:
-        return (
-            requests
-            | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-            | "Tokenize" >> beam.ParDo(_TokenizeBatch(self._model))
-        )
+        return requests | "Tokenize" >> beam.ParDo(_TokenizeBatch(self._model, self._batch_size)).with_output_types(EngineBatch)
 
 
 class _TokenizeBatch(beam.DoFn):
-    def __init__(self, model: str):
+    def __init__(self, model: str, batch_size: int):
         self._model = model
+        self._batch_size = batch_size
         self._tokenizer: Any = None
 
     def setup(self) -> None:
@@ -48,8 +47,14 @@ class _TokenizeBatch(beam.DoFn):
             raise ImportError("tokenising prompts needs transformers: pip install 'bulkinfer[cpu]' or 'bulkinfer[gpu]'") from e
         self._tokenizer = AutoTokenizer.from_pretrained(self._model)
 
-    def process(self, batch: list[PromptRequest]):
+    def process(self, requests: list[PromptRequest]) -> Iterator[EngineBatch]:
         from bulkinfer.models.vllm_handler import tokenize_requests
 
-        for request, ids in zip(batch, tokenize_requests(self._tokenizer, batch), strict=True):
-            yield replace(request, prompt_token_ids=tuple(ids))
+        out = EngineBatch()
+        for start in range(0, len(requests), self._batch_size):
+            batch = requests[start : start + self._batch_size]
+            out.extend(
+                replace(request, prompt_token_ids=tuple(ids))
+                for request, ids in zip(batch, tokenize_requests(self._tokenizer, batch), strict=True)
+            )
+        yield out

@@ -6,11 +6,11 @@ import apache_beam as beam
 import pyarrow as pa
 
 from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
-from bulkinfer.format.records import DEAD_LETTER_SCHEMA
+from bulkinfer.format.records import DEAD_LETTER_SCHEMA, conform
 
 
 class WriteVersion(beam.PTransform):
-    """Writes ``predictions-*.parquet`` and ``dead_letter-*.parquet`` into a version directory.
+    """Writes tables of prediction and dead-letter rows as ``predictions-*.parquet`` and ``dead_letter-*.parquet`` into a version directory.
 
     Beam's file sink writes shards to a temporary directory and renames them into
     place when the write finalises. The version becomes visible to readers only
@@ -29,10 +29,15 @@ class WriteVersion(beam.PTransform):
 
     def expand(self, tables: tuple[beam.PCollection, beam.PCollection]) -> tuple[beam.PCollection, beam.PCollection]:
         predictions, dead = tables
-        written = predictions | "WritePredictions" >> beam.io.WriteToParquet(
-            f"{self._vdir}/{PREDICTIONS}", self._schema, file_name_suffix=".parquet"
+        written = (
+            predictions
+            | "ConformPredictions" >> beam.Map(conform, self._schema)
+            | "WritePredictions" >> beam.io.WriteToParquetBatched(f"{self._vdir}/{PREDICTIONS}", self._schema, file_name_suffix=".parquet")
         )
-        dead_written = dead | "WriteDeadLetters" >> beam.io.WriteToParquet(
-            f"{self._vdir}/{DEAD_LETTER}", DEAD_LETTER_SCHEMA, file_name_suffix=".parquet"
+        dead_written = (
+            dead
+            | "ConformDeadLetters" >> beam.Map(conform, DEAD_LETTER_SCHEMA)
+            | "WriteDeadLetters"
+            >> beam.io.WriteToParquetBatched(f"{self._vdir}/{DEAD_LETTER}", DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
         )
         return written, dead_written

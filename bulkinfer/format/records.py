@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,57 @@ DEAD_LETTER_SCHEMA = pa.schema(
     ]
 )
 """The schema of ``dead_letter-*.parquet``: one row per input row or key that produced no prediction."""
+
+
+FIELD_PREFIX = "field:"
+"""Template columns travel in key-group tables as ``field:<column>``, apart from the job's own columns."""
+
+GROUP_COLUMNS = ("key", "query", "language", "source_rows")
+"""The columns of a key-group table (one row per :class:`QueryGroup`), before its ``field:`` columns."""
+
+
+def field_column(name: str) -> str:
+    """The column of a key-group table holding template column ``name``."""
+    return FIELD_PREFIX + name
+
+
+def group_table(groups: Iterable[QueryGroup], fields: Sequence[str]) -> pa.Table:
+    """Groups as a key-group table, the form in which the job's stages pass them on."""
+    groups = list(groups)
+    columns: dict[str, Any] = {
+        "key": pa.array([g.key for g in groups], pa.string()),
+        "query": pa.array([g.query for g in groups], pa.string()),
+        "language": pa.array([g.language for g in groups], pa.string()),
+        "source_rows": pa.array([g.source_rows for g in groups], pa.int64()),
+    }
+    for i, name in enumerate(fields):
+        columns[field_column(name)] = pa.array([g.fields[i][1] for g in groups])
+    return pa.table(columns)
+
+
+def query_groups(table: pa.Table) -> Iterator[QueryGroup]:
+    """The rows of a key-group table as :class:`QueryGroup` s."""
+    names = [name for name in table.column_names if name.startswith(FIELD_PREFIX)]
+    columns = table.select([*GROUP_COLUMNS, *names]).to_pydict()
+    values = [(name[len(FIELD_PREFIX) :], columns[name]) for name in names]
+    for i, (key, query, language, rows) in enumerate(zip(*(columns[c] for c in GROUP_COLUMNS), strict=True)):
+        fields = tuple((name, column[i]) for name, column in values)
+        yield QueryGroup(key=key, query=query, fields=fields, source_rows=rows, language=language)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema`` 's columns, in its order and types; absent columns are null.
+
+    Rows reused from a version written before a column existed (their fingerprint
+    differs, so only when carried as-is) and tables built by different stages
+    meet in one Parquet file this way.
+    """
+    if table.schema.equals(schema):
+        return table
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def dead_letter(

@@ -94,14 +94,18 @@ class OutputParser:
         if task.output != "list":
             return parse_answer(task, answer, key)
         # Parsed without the item limit first: leaks must not take the places of real items.
-        parsed = parse_answer(self.unlimited, answer, "" if keep_query else key)
-        if parsed.value is None:
-            return parsed
+        if self.unlimited.structured.json_schema is None:
+            items = _clean_items(_splitter(task.parser.separators).split(answer), "" if keep_query else key, 10**9)
+        else:
+            parsed = parse_answer(self.unlimited, answer, "" if keep_query else key)
+            if parsed.value is None:
+                return parsed
+            items = [(item, normalize_key(item)) for item in parsed.value]
         leaked = self.example_items(key)
         kept: list[str] = []
         leaks: list[str] = []
-        for item in parsed.value:
-            (leaks if normalize_key(item) in leaked else kept).append(item)
+        for item, item_key in items:
+            (leaks if item_key in leaked else kept).append(item)
         return Parsed(value=kept[: task.parser.max_items], example_leaks=tuple(leaks))
 
     def example_items(self, key: str) -> frozenset[str]:
@@ -179,7 +183,12 @@ def _splitter(separators: tuple[str, ...]) -> re.Pattern[str]:
 
 def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:
     """Trims bullets, quotes and trailing punctuation; drops empty items, the query and repeats."""
-    items: list[str] = []
+    return [item for item, _ in _clean_items(pieces, key, max_items)]
+
+
+def _clean_items(pieces: list[str], key: str, max_items: int) -> list[tuple[str, str]]:
+    """:func:`clean_items` with each item's key."""
+    items: list[tuple[str, str]] = []
     seen = {key}
     for piece in pieces:
         piece = _CONTROL.sub("", piece)
@@ -189,7 +198,7 @@ def clean_items(pieces: list[str], key: str, max_items: int) -> list[str]:
         if not item_key or item_key in seen:
             continue
         seen.add(item_key)
-        items.append(item)
+        items.append((item, item_key))
         if len(items) == max_items:
             break
     return items

@@ -28,16 +28,37 @@ def render_prompt(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = N
     Returns:
         The prompt text.
     """
-    shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.examples_for(language))
-    values = {name: _one_line(value) for name, value in (fields or {}).items()} | _language_values(language)
-    values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
-    prefix = task.template.prefix.format(instruction=_instruction(task, language), **_language_values(language))
-    return prefix + shown + task.template.query.format(**values)
+    return PromptRenderer(task).prompt(key, fields, language)
 
 
-def render_messages(
-    task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None, language: str | None = None
-) -> list[dict[str, str]]:
+class PromptRenderer:
+    """Renders one task's prompts, working out the part before the query (instruction and examples) once per language.
+
+    :func:`render_prompt` for many keys: the job renders every key's prompt with one.
+    """
+
+    def __init__(self, task: TaskSpec):
+        """Args:
+        task: the task spec.
+        """
+        self._task = task
+        self._heads: dict[str | None, tuple[str, dict[str, str]]] = {}
+
+    def prompt(self, key: str, fields: Mapping[str, Any] | None = None, language: str | None = None) -> str:
+        """:func:`render_prompt` of this renderer's task."""
+        task = self._task
+        if language not in self._heads:
+            names = _language_values(language)
+            shown = "".join(task.template.example.format(input=ex.input, output=ex.output) for ex in task.examples_for(language))
+            self._heads[language] = task.template.prefix.format(instruction=_instruction(task, language), **names) + shown, names
+        head, names = self._heads[language]
+        values = {name: _one_line(value) for name, value in fields.items()} if fields else {}
+        values |= names
+        values["query"] = json.dumps(key, ensure_ascii=False) if task.template.quote_query else key
+        return head + task.template.query.format(**values)
+
+
+def render_messages(task: TaskSpec, key: str, fields: Mapping[str, Any] | None = None, language: str | None = None) -> list[dict[str, str]]:
     """Returns the chat turns for one key (``format: chat`` tasks).
 
     The instruction is the system turn; every shown example is a user turn

@@ -146,7 +146,8 @@ def _estimate_table(
     profile: ThroughputProfile | None,
     gpu_hour_price: float | None,
 ) -> dict[str, Any]:
-    from bulkinfer.transforms.reuse_results import SplitByReuse
+    from bulkinfer.format.records import group_table
+    from bulkinfer.transforms.reuse_results import split_by_reuse
     from bulkinfer.transforms.sample_keys import key_rank
 
     not_sampled = 0
@@ -158,22 +159,13 @@ def _estimate_table(
         import dataclasses
 
         groups = [dataclasses.replace(g, language=plan.detector.detect(g.query)) if g.language is None else g for g in groups]
+    table = group_table(groups, plan.fields)
     if plan.task.target_languages:
         from bulkinfer.transforms.fan_out_languages import fan_out
 
-        groups = [pair for group in groups for pair in fan_out(group, plan.task.target_languages)]
-    earlier = _earlier_results(plan, job)
-    split = SplitByReuse(plan.provenance.fingerprint, plan.task.sampling.temperature == 0.0)
-    to_generate, reused, reused_dead = [], 0, 0
-    for group in groups:
-        joined = {"groups": [group], **{name: rows.get(group.key, []) for name, rows in earlier.items()}}
-        for out in split.process((group.key, joined)):
-            if not hasattr(out, "tag"):
-                to_generate.append(group)
-            elif out.tag == "reused":
-                reused += 1
-            else:
-                reused_dead += 1
+        table = fan_out(table, plan.task.target_languages)
+    split = split_by_reuse(table, _earlier_results(plan, job), plan.provenance.fingerprint, plan.task.sampling.temperature == 0.0)
+    to_generate, reused, reused_dead = split.to_generate, split.reused.num_rows, split.reused_dead.num_rows
     lengths = _prompt_lengths(plan, to_generate)
     budget = _max_model_len(plan) - plan.task.sampling.max_tokens
     fitting = [n for n in lengths if n <= budget]
@@ -192,10 +184,10 @@ def _estimate_table(
         "rows_in": plan.rows_in,
         "rows_dead_at_keys": dead_rows,
         "rows_not_sampled": not_sampled,
-        "keys": len(groups),
+        "keys": table.num_rows,
         "reused": reused,
         "reused_dead_letters": reused_dead,
-        "to_generate": len(to_generate),
+        "to_generate": to_generate.num_rows,
         "prompt_too_long": len(lengths) - prompts,
         "prompts": prompts,
         "prompt_tokens": sum(fitting),
@@ -204,8 +196,10 @@ def _estimate_table(
     }
 
 
-def _earlier_results(plan: TablePlan, job: CacheJobOptions) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """The results ReuseResults would join, by source and key (only the columns its rules read)."""
+def _earlier_results(plan: TablePlan, job: CacheJobOptions) -> dict[str, Any]:
+    """The results ReuseResults would join, by source (only the columns its rules read)."""
+    import pyarrow as pa
+
     previous = None if job.full else layout.read_current(plan.output) if fs.exists(plan.output) else None
     previous_dir = layout.version_dir(plan.output, previous) if previous else None
     checkpoints = layout.checkpoint_dir(plan.output, plan.provenance.run_id) if job.full else fs.join(plan.output, layout.CHECKPOINTS, "*")
@@ -215,33 +209,33 @@ def _earlier_results(plan: TablePlan, job: CacheJobOptions) -> dict[str, dict[st
         "checkpoint": (checkpoints, layout.PREDICTIONS),
         "checkpoint_dead": (checkpoints, layout.DEAD_LETTER),
     }
-    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    out: dict[str, Any] = {}
     for name, (directory, kind) in sources.items():
-        by_key: dict[str, list[dict[str, Any]]] = {}
+        tables = []
         for path in fs.match(fs.join(directory, f"{kind}-*.parquet")) if directory else []:
             schema, _ = layout.parquet_schema(path)
-            columns = [c for c in ("key", "fingerprint", "language", "reason") if c in schema.names]
-            for row in layout.read_parquet(path, columns).to_pylist():
-                by_key.setdefault(row["key"], []).append(row)
-        out[name] = by_key
+            tables.append(
+                layout.read_parquet(path, [c for c in ("key", "fingerprint", "language", "reason", "source_rows") if c in schema.names])
+            )
+        out[name] = pa.concat_tables(tables, promote_options="permissive") if tables else None
     return out
 
 
-def _prompt_lengths(plan: TablePlan, groups: list[Any]) -> list[int]:
-    """Prompt tokens per group, with the model's own tokenizer, as the engine stage tokenises them."""
-    if not groups:
+def _prompt_lengths(plan: TablePlan, groups: Any) -> list[int]:
+    """Prompt tokens per row of a key-group table, with the model's own tokenizer, as the engine stage tokenises them."""
+    if not groups.num_rows:
         return []
     try:
         from transformers import AutoTokenizer
     except ImportError as e:
         raise ImportError("a dry run counts tokens with transformers: pip install 'bulkinfer[cpu]' or 'bulkinfer[gpu]'") from e
     from bulkinfer.models.vllm_handler import tokenize_requests
-    from bulkinfer.transforms.build_prompts import prompt_request
+    from bulkinfer.transforms.build_prompts import prompt_requests
 
     tokenizer = AutoTokenizer.from_pretrained(plan.engine.model)
     lengths: list[int] = []
-    for start in range(0, len(groups), TOKENIZE_BATCH):
-        requests = [prompt_request(g, plan.task) for g in groups[start : start + TOKENIZE_BATCH]]
+    for start in range(0, groups.num_rows, TOKENIZE_BATCH):
+        requests = prompt_requests(groups.slice(start, TOKENIZE_BATCH), plan.task)
         lengths.extend(len(ids) for ids in tokenize_requests(tokenizer, requests))
     return lengths
 

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from bulkinfer.errors import GateError
-from bulkinfer.format.records import QueryGroup
+from bulkinfer.format.records import QueryGroup, group_table
 from bulkinfer.lookup.table import open_table
 from bulkinfer.pipelines.cache_job import run
 from bulkinfer.tasks.spec import load_task
-from bulkinfer.transforms.build_prompts import prompt_request
+from bulkinfer.transforms.build_prompts import prompt_requests
 from bulkinfer.transforms.fan_out_languages import fan_out
 from tests.conftest import write_corpus
 from tests.fakes import FakeHandler
@@ -69,7 +69,7 @@ def _rows(tmp_path: Path, run_id: str, kind: str = "predictions") -> list[dict]:
 def test_one_prompt_per_key_and_target_language_with_its_instruction_or_the_fallback(tmp_path):
     task = load_task(str(_spec(tmp_path)))
     group = QueryGroup(key="covid vaccine", query="Covid Vaccine", fields=(), source_rows=2, language="en")
-    prompts = {g.language: prompt_request(g, task).prompt for g in fan_out(group, task.target_languages)}
+    prompts = {r.language: r.prompt for r in prompt_requests(fan_out(group_table([group], ()), task.target_languages), task)}
     assert list(prompts) == ["de", "es", "ja"]
     assert prompts["de"].startswith("Schreibe auf, wie Menschen auf Deutsch danach suchen.")
     assert "searches: laptoptasche, notebooktasche" in prompts["de"] and prompts["de"].endswith("concept: covid vaccine\nsearches (de):")

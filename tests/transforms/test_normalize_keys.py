@@ -6,11 +6,16 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline  # noqa: I001
 from apache_beam.testing.util import assert_that, equal_to
 
-from bulkinfer.format.records import Provenance, QueryGroup
+from bulkinfer.format.records import Provenance, QueryGroup, query_groups
 from bulkinfer.transforms.key_tables import KEY_BUCKETS, KeyTable
 from bulkinfer.transforms.normalize_keys import KeyRow, NormalizeKeys, PickRepresentative, to_query_group
 
 PROVENANCE = Provenance(run_id="r", model="m", model_digest="d", task="t", task_fingerprint="f", fingerprint="g", engine="e")
+
+
+def _rows(groups, dead):
+    """The stage's tables as QueryGroups and dead-letter rows, to compare with the row-by-row rules."""
+    return groups | "Groups" >> beam.FlatMap(query_groups), dead | "DeadRows" >> beam.FlatMap(lambda t: t.to_pylist())
 
 
 def test_spellings_merge_into_one_group_and_bad_rows_dead_letter():
@@ -25,6 +30,7 @@ def test_spellings_merge_into_one_group_and_bad_rows_dead_letter():
     ]
     with TestPipeline() as p:
         groups, dead = p | beam.Create([pa.Table.from_pylist(rows)]) | NormalizeKeys("query", ["market"], PROVENANCE)
+        groups, dead = _rows(groups, dead)
         assert_that(
             groups,
             equal_to(
@@ -45,7 +51,7 @@ def test_spellings_merge_into_one_group_and_bad_rows_dead_letter():
 def test_thousand_spellings_are_one_group():
     spellings = [" " * (i % 7) + "".join(c.upper() if (i >> n) & 1 else c for n, c in enumerate("covid vaccine")) for i in range(1000)]
     with TestPipeline() as p:
-        groups, _ = p | beam.Create([pa.table({"query": spellings})]) | NormalizeKeys("query", [], PROVENANCE)
+        groups, _ = _rows(*(p | beam.Create([pa.table({"query": spellings})]) | NormalizeKeys("query", [], PROVENANCE)))
         assert_that(groups | beam.Map(lambda g: (g.key, g.source_rows)), equal_to([("covid vaccine", 1000)]))
 
 
@@ -60,7 +66,7 @@ def test_key_language_is_the_majority_of_its_rows_language_column():
         {"query": "metro", "lang": "klingon"},  # unrecognised: no vote, so unknown
     ]
     with TestPipeline() as p:
-        groups, _ = p | beam.Create([pa.Table.from_pylist(rows)]) | NormalizeKeys("query", [], PROVENANCE, language_column="lang")
+        groups, _ = _rows(*(p | beam.Create([pa.Table.from_pylist(rows)]) | NormalizeKeys("query", [], PROVENANCE, language_column="lang")))
         assert_that(
             groups | beam.Map(lambda g: (g.key, g.language, g.source_rows)),
             equal_to([("gift", "en", 4), ("taxi", "de", 2), ("metro", None, 1)]),
@@ -100,7 +106,7 @@ def test_tables_give_the_groups_and_dead_letters_of_the_row_by_row_rules(fields,
     assert len(expected_groups) > 50 and expected_dead, "the corpus exercises merging and dead letters"
     tables = [pa.Table.from_pylist(rows[i : i + 700]) for i in range(0, len(rows), 700)]  # keys spread over several tables
     with TestPipeline() as p:
-        groups, dead = p | beam.Create(tables) | NormalizeKeys("query", list(fields), PROVENANCE, language_column)
+        groups, dead = _rows(*(p | beam.Create(tables) | NormalizeKeys("query", list(fields), PROVENANCE, language_column)))
         assert_that(groups, equal_to(expected_groups), label="groups")
         assert_that(dead, equal_to(expected_dead), label="dead")
 
@@ -109,7 +115,7 @@ def test_a_bytes_query_column_is_keyed_row_by_row():
     rows = [{"query": b"Cheap Flights"}, {"query": b"cheap flights"}, {"query": b"\xff\xfe"}, {"query": None}]
     expected_groups, expected_dead = _row_by_row(rows, (), None)
     with TestPipeline() as p:
-        groups, dead = p | beam.Create([pa.Table.from_pylist(rows)]) | NormalizeKeys("query", [], PROVENANCE)
+        groups, dead = _rows(*(p | beam.Create([pa.Table.from_pylist(rows)]) | NormalizeKeys("query", [], PROVENANCE)))
         assert_that(groups, equal_to(expected_groups), label="groups")
         assert_that(dead | beam.Map(lambda d: d["reason"]), equal_to([d["reason"] for d in expected_dead]), label="dead")
 

@@ -24,5 +24,6 @@ def test_token_ids_match_the_handlers_own_tokenisation_for_text_and_chat(tiny_mo
     expected = {r.key: tuple(row) for r, row in zip(requests, ids, strict=True)}
     assert all(expected.values())
     with TestPipeline() as p:
-        out = p | beam.Create(requests) | TokenizePrompts(str(tiny_model), batch_size=2) | beam.Map(lambda r: (r.key, r.prompt_token_ids))
+        tokenized = p | beam.Create([requests]) | TokenizePrompts(str(tiny_model), batch_size=2)
+        out = tokenized | beam.FlatMap(lambda batch: [(r.key, r.prompt_token_ids) for r in batch])
         assert_that(out, equal_to(list(expected.items())))
