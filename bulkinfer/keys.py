@@ -31,6 +31,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 KEY_VERSION = 2
 """Bumped whenever :func:`normalize_key` returns a different key for some text. Tables
@@ -153,3 +157,47 @@ def _one_pass(text: str) -> str:
         # İ case-folds to i + combining dot above; the dot goes with it.
         folded = folded.translate(_TABLE).replace("i\u0307", "i")
     return " ".join(folded.split())
+
+
+def normalize_keys(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """:func:`normalize_key` of every string of an Arrow array, as an Arrow string array (nulls stay null).
+
+    A string of printable ASCII without leading, trailing or repeated spaces (most
+    queries and answer items) normalises to its lower case, which Arrow computes for
+    all of them at once; the bytes that make a string need more (anything outside
+    printable ASCII, a space next to a space or an end) are found with numpy over the
+    whole buffer. Only the strings they flag go through :func:`normalize_key` itself,
+    each distinct one once.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(texts, pa.ChunkedArray):
+        texts = pa.concat_arrays(texts.chunks) if texts.num_chunks else pa.array([], pa.string())
+    texts = texts.cast(pa.string())
+    n = len(texts)
+    if n == 0:
+        return texts
+    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(texts.buffers()[2], np.uint8) if texts.buffers()[2] is not None else np.zeros(0, np.uint8)
+    data = data[offsets[0] : offsets[-1]]
+    offsets -= offsets[0]
+    space = data == 0x20
+    odd = (data < 0x20) | (data >= 0x7F)
+    odd[1:] |= space[1:] & space[:-1]
+    flagged = np.zeros(n, bool)
+    # Odd bytes are few: find them, then the strings they fall in.
+    flagged[np.searchsorted(offsets, np.flatnonzero(odd), side="right") - 1] = True
+    nonempty = np.diff(offsets) > 0
+    flagged[nonempty] |= space[offsets[:-1][nonempty]] | space[offsets[1:][nonempty] - 1]
+    lowered = pc.ascii_lower(texts)
+    if not flagged.any():
+        return lowered
+    flagged &= texts.is_valid().to_numpy(zero_copy_only=False)
+    other = pa.array(np.flatnonzero(flagged))
+    encoded = texts.take(other).dictionary_encode()
+    folded = pa.array([normalize_key(text) for text in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+    # Scatter the flagged strings' keys back into place.
+    slot = np.cumsum(flagged) - 1
+    return pc.if_else(pa.array(flagged), folded.take(pa.array(np.where(flagged, slot, 0))), lowered)

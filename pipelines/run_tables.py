@@ -24,6 +24,7 @@ from bulkinfer.errors import ConfigError, GateError
 from bulkinfer.format import layout
 from bulkinfer.format.lock import TableLock
 from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoints, publish_version
+from bulkinfer.lookup.match import drop_saved_claims
 from bulkinfer.models.vllm_handler import release_shared_engine
 from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
 from bulkinfer.pipelines.plan import TablePlan, for_workers, make_handler
@@ -137,7 +138,11 @@ def _run_table(
         manifest = summarise(plan, job, result, started, previous)
         layout.write_manifest(plan.vdir, manifest)
         record_run(plan, manifest, progress_dir, options)
-        check_gates(manifest, output, job.task, previous)
+        try:
+            check_gates(manifest, output, job.task, previous)
+        except GateError:
+            drop_saved_claims(plan.vdir)  # kept for a publish that will not happen
+            raise
         lock.check()
         pruned = publish_version(output, run_id, keep=job.keep)
     _LOG.info("published %s version %s: %s (pruned %s)", output, run_id, manifest["counts"], pruned or "none")

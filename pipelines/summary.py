@@ -92,7 +92,10 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
         "key_normalizer": KEY_VERSION,
         "languages": _language_summary(plan, job, rows, result),
         # What the match index built at publish holds: items, concepts, items several concepts claim.
-        "match": match_summary(rows, task.output_column) if task.output == "list" else None,
+        # Without fan-out the rows are the index's own: their claims are kept for the index build at publish.
+        "match": match_summary(rows, task.output_column, keep_in=None if task.target_languages else plan.vdir)
+        if task.output == "list"
+        else None,
         "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
@@ -102,17 +105,27 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
 
 
 def _language_summary(plan: TablePlan, job: CacheJobOptions, rows: pa.Table | None, result: PipelineResult) -> dict[str, Any]:
-    keys_by_language: collections.Counter[str] = collections.Counter()
-    if rows is not None:
-        keys_by_language.update(code or "unknown" for code in rows.column("language").to_pylist())
     return {
         "column": job.language_column,
         "detector": plan.detector.version() if plan.detector is not None else None,
         "with_examples": list(plan.task.languages),
-        "keys_by_language": dict(sorted(keys_by_language.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "keys_by_language": keys_by_language(rows),
         "detected": read_counter(result, "languages_detected"),
         "unrecognised_column_values": read_counter(result, "language_values_unrecognised"),
     }
+
+
+def keys_by_language(rows: pa.Table | None) -> dict[str, int]:
+    """Prediction rows per language code (``unknown`` for none), most first, then by code."""
+    counts: collections.Counter[str] = collections.Counter()
+    if rows is not None and rows.num_rows:
+        import pyarrow.compute as pc
+
+        # Counted in Arrow: one entry per distinct code, not per row.
+        found = pc.value_counts(pc.fill_null(rows.column("language"), ""))
+        for code, count in zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True):
+            counts[code or "unknown"] += count
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def read_counter(result: PipelineResult, name: str) -> int | None:

@@ -111,6 +111,7 @@ def _account_fanned_out(
     target language, and as dead when it was dead-lettered before keying or its key is
     dead-lettered in every target language. ``dead_rows`` by reason counts per (key, language).
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     keys = rows.num_rows if rows is not None else 0
@@ -133,25 +134,30 @@ def _account_fanned_out(
                 dead_pairs[key] += 1
                 dead_key_rows[key] = count
     reused_dead = int(pc.sum(pc.not_equal(dead.column("run_id"), run_id)).as_py() or 0) if dead is not None else 0
-    in_table: dict[str, int] = {}
-    if keys:
-        for key, count in zip(rows.column("key").to_pylist(), rows.column("source_rows").to_pylist(), strict=True):
-            in_table[key] = count
-    all_dead = sum(count for key, count in dead_key_rows.items() if key not in in_table and dead_pairs[key] >= targets)
+    # Per distinct key, its last row's input rows (every language row of a key counts the same input rows).
+    in_table = (
+        rows.select(["key", "source_rows"]).group_by("key", use_threads=False).aggregate([("source_rows", "last")])
+        if keys
+        else pa.table({"key": pa.array([], pa.string()), "source_rows_last": pa.array([], pa.int64())})
+    )
+    rows_in_table = int(pc.sum(in_table.column("source_rows_last")).as_py() or 0)
+    dead_everywhere = [key for key in dead_key_rows if dead_pairs[key] >= targets]
+    in_some = pc.is_in(pa.array(dead_everywhere, pa.string()), value_set=in_table.column("key")).to_pylist()
+    all_dead = sum(dead_key_rows[key] for key, kept in zip(dead_everywhere, in_some, strict=True) if not kept)
     account = RowAccount(
         rows,
         keys,
-        sum(in_table.values()),
+        rows_in_table,
         reused,
         reused_dead,
         dict(dead_rows),
         dict(dead_records),
         targets,
-        len(in_table),
+        in_table.num_rows,
         before_keying + all_dead,
     )
     keyed = rows_in - before_keying - not_sampled
-    if pair_rows + pair_dead_rows != targets * keyed or sum(in_table.values()) + all_dead + before_keying + not_sampled != rows_in:
+    if pair_rows + pair_dead_rows != targets * keyed or rows_in_table + all_dead + before_keying + not_sampled != rows_in:
         raise AccountingError(
             f"row accounting failed: {rows_in} input rows ({before_keying} dead-lettered before keying, {not_sampled} left out "
             f"by --sample) fanned out into {targets} target languages should be {targets * keyed} rows behind prediction rows "

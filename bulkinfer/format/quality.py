@@ -8,8 +8,17 @@ from typing import Any
 import pyarrow as pa
 
 from bulkinfer.errors import Reason
-from bulkinfer.keys import normalize_key
-from bulkinfer.tasks.parsing import OutputParser, answer_text, compile_parser, parse_answer, parse_output, split_items
+from bulkinfer.keys import normalize_key, normalize_keys
+from bulkinfer.tasks.parsing import (
+    OutputParser,
+    answer_text,
+    compile_parser,
+    parse_answer,
+    parse_output,
+    plain_rows,
+    split_items,
+    split_plain_items,
+)
 from bulkinfer.tasks.spec import TaskSpec
 
 _NO_LIMIT = 10**9
@@ -120,39 +129,45 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
 def _echoes_and_leaks(task: TaskSpec, keys: pa.Array, raws: pa.Array) -> tuple[int, int, int]:
     """Rows that echo (:func:`is_echo`), rows with example leaks, and leaked items (:func:`example_leaks`).
 
-    Each distinct raw output is parsed once, in Python; what depends on the row's
-    key is then a column operation. For a key that is no example input, the parser
-    drops the same items whatever the key (every example's items), so what an
-    output keeps is the raw text's alone; the few keys that are example inputs take
-    the per-row path.
+    Each distinct raw output is parsed once (:func:`_candidate_table`: in Arrow where it
+    is plain text); what depends on the row's key is then a column operation. For a key
+    that is no example input, the parser drops the same items whatever the key (every
+    example's items), so what an output keeps is the raw text's alone; the few keys that
+    are example inputs take the per-row path.
     """
+    import numpy as np
     import pyarrow.compute as pc
 
     encoded = raws.dictionary_encode()
-    distinct, index = encoded.dictionary.to_pylist(), encoded.indices
+    distinct, index = encoded.dictionary, encoded.indices
     if task.output == "label":
-        answers = pa.array([_label_answer_key(task, raw) for raw in distinct], pa.string())
+        answers = pa.array([_label_answer_key(task, raw) for raw in distinct.to_pylist()], pa.string())
         return int(pc.sum(pc.equal(pc.take(answers, index), keys)).as_py() or 0), 0, 0
     parser = compile_parser(task)
     examples, copied = example_keys(task), parser.every_example_item
-    kept_pairs: list[str] = []  # "raw index\0item" for the items a non-example key's answer keeps
-    leaked_pairs: list[str] = []  # ... and for those it drops as copies of an example
-    copies_example: list[bool] = []
-    leaked_count: list[int] = []
-    for i, raw in enumerate(distinct):
-        items = _candidate_items(parser, raw)
-        kept = [item for item in items if item not in copied][: task.parser.max_items]
-        leaked = [item for item in items if item in copied]
-        kept_pairs += (f"{i}\0{item}" for item in kept)
-        leaked_pairs += (f"{i}\0{item}" for item in leaked)
-        copies_example.append(any(item in examples for item in kept))
-        leaked_count.append(len(leaked))
-    row_pairs = pc.binary_join_element_wise(pc.cast(index, pa.string()), keys, "\0")
-    repeats_key = pc.is_in(row_pairs, value_set=pa.array(kept_pairs, pa.string()))
+    found = _candidate_table(parser, distinct)
+    raw, item = found.column("raw").to_numpy(), found.column("item")
+    is_copied = pc.is_in(item, value_set=pa.array(sorted(copied), pa.string())).to_numpy(zero_copy_only=False)
+    # Kept: the items not copied, at most max_items of them per raw output (rows are in answer order).
+    kept_raw = raw[~is_copied]
+    at = np.arange(len(kept_raw))
+    first = np.maximum.accumulate(np.where(np.r_[True, kept_raw[1:] != kept_raw[:-1]] if len(kept_raw) else at, at, 0))
+    kept = np.flatnonzero(~is_copied)[at - first < task.parser.max_items]
+    kept_items = item.take(pa.array(kept))
+    copies_example = np.zeros(len(distinct), bool)
+    in_examples = pc.is_in(kept_items, value_set=pa.array(sorted(examples), pa.string())).to_numpy(zero_copy_only=False)
+    copies_example[raw[kept][in_examples]] = True
+    leaked_count = np.bincount(raw[is_copied], minlength=len(distinct))
+
+    def pairs(rows: Any, items: pa.Array) -> pa.Array:  # "raw index\0item"
+        return pc.binary_join_element_wise(pc.cast(pa.array(rows), pa.string()), items, "\0")
+
+    row_pairs = pairs(index, keys)
+    repeats_key = pc.is_in(row_pairs, value_set=pairs(raw[kept], kept_items))
     # The parser never counts the query itself as a leak: its own key leaves one leaked item out.
     leaks = pc.subtract(
         pc.take(pa.array(leaked_count, pa.int64()), index),
-        pc.cast(pc.is_in(row_pairs, value_set=pa.array(leaked_pairs, pa.string())), pa.int64()),
+        pc.cast(pc.is_in(row_pairs, value_set=pairs(raw[is_copied], item.filter(pa.array(is_copied)))), pa.int64()),
     )
     echo = pc.or_(pc.take(pa.array(copies_example, pa.bool_()), index), repeats_key)
     general = pc.invert(pc.is_in(keys, value_set=pa.array(sorted(parser.by_input), pa.string())))
@@ -160,11 +175,49 @@ def _echoes_and_leaks(task: TaskSpec, keys: pa.Array, raws: pa.Array) -> tuple[i
     leak_rows = int(pc.sum(pc.and_(pc.greater(leaks, 0), general)).as_py() or 0)
     leak_items = int(pc.sum(pc.filter(leaks, general)).as_py() or 0)
     for position in pc.indices_nonzero(pc.invert(general)).to_pylist():
-        key, raw = keys[position].as_py(), distinct[index[position].as_py()]
-        echoes += is_echo(task, raw, key, examples)
-        count = example_leaks(task, raw, key)
+        key, text = keys[position].as_py(), distinct[index[position].as_py()].as_py()
+        echoes += is_echo(task, text, key, examples)
+        count = example_leaks(task, text, key)
         leak_rows, leak_items = leak_rows + bool(count), leak_items + count
     return echoes, leak_rows, leak_items
+
+
+def _candidate_table(parser: OutputParser, raws: pa.Array) -> pa.Table:
+    """:func:`_candidate_items` of every raw output, as rows ``raw`` (index into ``raws``) and
+    ``item``, in answer order.
+
+    Plain answers of a task with plain separators (no JSON, no answer marker) are split
+    and cleaned by Arrow kernels (:func:`bulkinfer.tasks.parsing.split_plain_items`, the
+    job's own batch parser); the rest are parsed in Python, each once.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    task = parser.task
+    columnar = task.structured.json_schema is None and not task.parser.answer_marker
+    raws = raws.cast(pa.string())
+    plain = plain_rows(raws) if columnar else np.zeros(len(raws), bool)
+    parts = []
+    if plain.any():
+        plain_at = np.flatnonzero(plain)
+        owner, items = split_plain_items(raws.take(pa.array(plain_at)), task.parser.separators)
+        parts.append((plain_at[owner], normalize_keys(items)))
+    other = np.flatnonzero(~plain)
+    if len(other):
+        texts = raws.take(pa.array(other)).to_pylist()
+        found = [(i, item) for i, text in zip(other.tolist(), texts, strict=True) for item in _candidate_items(parser, text)]
+        parts.append((np.array([i for i, _ in found], np.int64), pa.array([item for _, item in found], pa.string())))
+    if not parts:
+        return pa.table({"raw": pa.array([], pa.int64()), "item": pa.array([], pa.string())})
+    owner = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    items = pa.concat_arrays([p[1] for p in parts])
+    order = np.argsort(owner, kind="stable")  # by raw output, answer order kept
+    table = pa.table({"raw": owner[order], "item": items.take(pa.array(order))})
+    table = table.filter(pc.not_equal(table.column("item"), ""))
+    table = table.append_column("at", pa.array(np.arange(table.num_rows)))
+    # An item repeated in the same answer counts once, where it first stands.
+    first = table.group_by(["raw", "item"], use_threads=False).aggregate([("at", "min")]).column("at_min").to_numpy()
+    return table.take(pa.array(np.sort(first))).select(["raw", "item"])
 
 
 def _candidate_items(parser: OutputParser, raw: str) -> list[str]:

@@ -56,7 +56,7 @@ from urllib.parse import quote
 import orjson
 
 from bulkinfer.errors import TableError
-from bulkinfer.keys import normalize_key
+from bulkinfer.keys import normalize_keys
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -192,10 +192,7 @@ def _claim_table(rows: pa.Table, output_column: str) -> pa.Table:
     answers = rows.column(output_column).combine_chunks()
     parent = pc.list_parent_indices(answers).to_numpy()
     position = np.arange(len(parent)) - _list_starts(answers)[parent]  # where in its answer each item stands
-    # Answers repeat a lot across concepts: normalise each distinct spelling once.
-    spellings = pc.list_flatten(answers).cast(pa.string()).dictionary_encode()
-    normalised = pa.array([normalize_key(s) if s else "" for s in spellings.dictionary.to_pylist()], pa.string())
-    items = normalised.take(spellings.indices)
+    items = pc.fill_null(normalize_keys(pc.list_flatten(answers)), "")
     language = languages.take(parent)
     if ITEM_LANGUAGES in names:
         per_item = rows.column(ITEM_LANGUAGES).combine_chunks()
@@ -203,40 +200,42 @@ def _claim_table(rows: pa.Table, output_column: str) -> pa.Table:
         if stated.any():
             at = np.where(stated, _list_starts(per_item)[parent] + position, 0)
             language = pc.if_else(pa.array(stated), pc.list_flatten(per_item).cast(pa.string()).take(at), language)
-    concept = keys.take(parent)
-    found = pa.table(
-        {
-            "item": items,
-            "own": pc.if_else(pc.equal(items, concept), 0, 1).cast(pa.int8()),
-            "position": pa.array(position, pa.int64()),
-            "concept": concept,
-            "language": language,
-        }
-    ).filter(pc.fill_null(pc.not_equal(items, ""), False))
-    own = pa.table(
-        {
-            "item": keys,
-            "own": pa.array(np.zeros(len(keys), np.int8)),
-            "position": pa.array(np.full(len(keys), -1, np.int64)),
-            "concept": keys,
-            "language": languages,
-        }
-    )
-    # The rank (module docstring); the sort is stable, so equal claims keep row order, as before.
-    ranked = pa.concat_tables([own, found]).sort_by(
-        [("item", "ascending"), ("own", "ascending"), ("position", "ascending"), ("concept", "ascending")]
-    )
-    ranked = ranked.take(_first_of_each(ranked.column("item"), ranked.column("concept")))  # a concept claims an item once
-    item = ranked.column("item").combine_chunks()
-    starts = np.flatnonzero(_starts_run(item))
+    claimed = pc.fill_null(pc.not_equal(items, ""), False).to_numpy(zero_copy_only=False)
+    # Strings become ranks that sort as the strings do (concept keys are items too: one
+    # space), so that the ranking below is one numpy sort.
+    every_item, item_rank = _ranks(pa.concat_arrays([keys, items.filter(pa.array(claimed))]))
+    key_rank = item_rank[: len(keys)]
+    concept_rank = np.concatenate([key_rank, key_rank[parent[claimed]]])
+    own = (item_rank != concept_rank).astype(np.int8)  # 0 where the item is its concept's key
+    at = np.concatenate([np.full(len(keys), -1, np.int64), position[claimed]])
+    language = pa.concat_arrays([languages, language.filter(pa.array(claimed))])
+    # The rank (module docstring); lexsort is stable, so equal claims keep row order, as before.
+    ranked = np.lexsort((concept_rank, at, own, item_rank))
+    # A concept claims an item once: its first claim in rank order.
+    pair = item_rank[ranked] * np.int64(len(every_item) + 1) + concept_rank[ranked]
+    ranked = ranked[np.sort(np.unique(pair, return_index=True)[1])]
+    item = item_rank[ranked]
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if len(item) else np.zeros(0, np.int64)
     offsets = pa.array(np.append(starts, len(item)), pa.int32())
     return pa.table(
         {
-            "item": item.take(pa.array(starts)),
-            "concepts": pa.ListArray.from_arrays(offsets, ranked.column("concept").combine_chunks()),
-            "languages": pa.ListArray.from_arrays(offsets, ranked.column("language").combine_chunks()),
+            "item": every_item.take(pa.array(item[starts])),
+            "concepts": pa.ListArray.from_arrays(offsets, every_item.take(pa.array(concept_rank[ranked]))),
+            "languages": pa.ListArray.from_arrays(offsets, language.take(pa.array(ranked))),
         }
     )
+
+
+def _ranks(values: pa.Array) -> tuple[pa.Array, Any]:
+    """The distinct strings of an array, sorted, and each value's place among them (numpy int64)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    encoded = values.dictionary_encode()
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    place = np.empty(len(order), np.int64)
+    place[order] = np.arange(len(order))
+    return encoded.dictionary.take(order), place[encoded.indices.to_numpy()]
 
 
 def _list_lengths(lists: pa.Array) -> Any:
@@ -333,14 +332,79 @@ def _summarise_table(claims: pa.Table) -> MatchSummary:
     )
 
 
-def match_summary(rows: pa.Table | None, output_column: str) -> dict[str, Any]:
-    """The manifest's ``match`` section for a version's rows (zeros without rows)."""
+def match_summary(rows: pa.Table | None, output_column: str, keep_in: str | None = None) -> dict[str, Any]:
+    """The manifest's ``match`` section for a version's rows (zeros without rows).
+
+    Args:
+        rows: the version's prediction rows.
+        output_column: the task's output column.
+        keep_in: a local version directory whose rows these are, all of them, as lookups
+            see them (no fan-out): the claims are kept there (:data:`SAVED_CLAIMS`) for
+            :func:`write_match_index` to build the index from at publish, instead of
+            collecting them from the shards a second time.
+    """
     if rows is None:
         return MatchSummary(0, 0, 0, ()).to_dict()
-    return _summarise_table(_claim_table(rows, output_column)).to_dict()
+    claims = _claim_table(rows, output_column)
+    if keep_in is not None and "://" not in keep_in:
+        _save_claims(keep_in, claims, output_column)
+    return _summarise_table(claims).to_dict()
 
 
-def build_match_index(directory: str | os.PathLike[str], rows: pa.Table, version: str, manifest: dict[str, Any]) -> MatchSummary:
+SAVED_CLAIMS = ".match-claims.arrow"
+"""File in a version directory: the claims :func:`match_summary` collected for the manifest (Arrow
+IPC), read by :func:`write_match_index` at publish and deleted there. Its metadata names the
+prediction shards (and their sizes) it was collected from; it is used only while they are the same."""
+
+
+def _shards_signature(vdir: str) -> str:
+    """The names and sizes of a local version's prediction shards: what its claims were collected from."""
+    from bulkinfer.format import layout
+
+    return json.dumps([[os.path.basename(path), os.path.getsize(path)] for path in layout.shard_paths(vdir, layout.PREDICTIONS)])
+
+
+def _save_claims(vdir: str, claims: pa.Table, output_column: str) -> None:
+    import pyarrow as pa
+
+    meta = {b"shards": _shards_signature(vdir).encode(), b"output_column": output_column.encode(), b"format": str(FORMAT).encode()}
+    target = Path(vdir) / SAVED_CLAIMS
+    tmp = target.with_name(f"{SAVED_CLAIMS}.{uuid.uuid4().hex}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, claims.schema.with_metadata(meta)) as writer:
+            writer.write_table(claims)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _saved_claims(vdir: str, output_column: str) -> pa.Table | None:
+    """The claims :func:`match_summary` kept in a version directory, memory-mapped; None where there are
+    none, or they were collected from other shards or for another output column."""
+    import pyarrow as pa
+
+    path = Path(vdir) / SAVED_CLAIMS
+    if not path.is_file():
+        return None
+    try:
+        claims = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    except (OSError, pa.ArrowInvalid) as e:
+        _LOG.warning("passing over %s (%s): collecting the claims from the shards", path, e)
+        return None
+    meta = claims.schema.metadata or {}
+    wanted = {b"shards": _shards_signature(vdir).encode(), b"output_column": output_column.encode(), b"format": str(FORMAT).encode()}
+    return claims if all(meta.get(name) == value for name, value in wanted.items()) else None
+
+
+def drop_saved_claims(vdir: str) -> None:
+    """Deletes the claims :func:`match_summary` kept in a version directory, if any."""
+    if "://" not in vdir:
+        (Path(vdir) / SAVED_CLAIMS).unlink(missing_ok=True)
+
+
+def build_match_index(
+    directory: str | os.PathLike[str], rows: pa.Table | None, version: str, manifest: dict[str, Any], claims: pa.Table | None = None
+) -> MatchSummary:
     """Writes a version's ``match.sqlite``, ``match.trie`` and ``match.claims`` into a local directory.
 
     The trie and the claims are renamed into place first and the SQLite file last, so
@@ -349,9 +413,10 @@ def build_match_index(directory: str | os.PathLike[str], rows: pa.Table, version
 
     Args:
         directory: local directory to write into (the version directory, or a cache).
-        rows: the version's prediction rows.
+        rows: the version's prediction rows (as lookups see them); None with ``claims``.
         version: the version name.
         manifest: the version's manifest (its output column and digest are recorded).
+        claims: the claims of those rows, where they were collected before (the manifest's summary).
 
     Returns:
         What the index holds.
@@ -369,9 +434,11 @@ def build_match_index(directory: str | os.PathLike[str], rows: pa.Table, version
     output = str(manifest.get("output_column", ""))
     if manifest.get("output_kind") != "list":
         raise TableError(f"version {version} answers {manifest.get('output_kind')!r}, not lists of items: it has no match index")
-    if output not in rows.column_names or "key" not in rows.column_names:
-        raise TableError(f"version {version} has no key or {output!r} column; columns: {', '.join(rows.column_names)}")
-    claims = _claim_table(rows, output)
+    if claims is None:
+        if rows is None or output not in rows.column_names or "key" not in rows.column_names:
+            found = ", ".join(rows.column_names) if rows is not None else "none"
+            raise TableError(f"version {version} has no key or {output!r} column; columns: {found}")
+        claims = _claim_table(rows, output)
     if claims.num_rows > _MAX_ITEMS:
         raise TableError(f"version {version} has {claims.num_rows} distinct items; a match index holds at most {_MAX_ITEMS}")
     summary = _summarise_table(claims)
@@ -631,6 +698,13 @@ def write_match_index(table: str, version: str) -> MatchSummary | None:
     manifest = layout.read_manifest(vdir)
     if manifest.get("output_kind") != "list" or "://" in vdir:
         return None
+    # The claims the manifest's summary collected, where it kept them: the shards are not read again.
+    saved = _saved_claims(vdir, str(manifest.get("output_column", "")))
+    if saved is not None:
+        summary = build_match_index(vdir, None, version, manifest, claims=saved)
+        del saved
+        drop_saved_claims(vdir)
+        return summary
     from bulkinfer.lookup.union import read_lookup_rows  # union names match's columns: imported here, not at the top
 
     return build_match_index(vdir, read_lookup_rows(vdir, manifest), version, manifest)

@@ -117,9 +117,8 @@ def build_store(path: str | os.PathLike[str], rows: pa.Table, version: str, mani
             db.executemany("INSERT INTO meta VALUES (?, ?)", encoded)
             for batch in rows.to_batches(_INSERT_BATCH):
                 keys = batch.column("key").to_pylist()
-                values = zip(*(batch.column(name).to_pylist() for name in varying), strict=True) if varying else ([] for _ in keys)
                 try:
-                    db.executemany("INSERT INTO rows VALUES (?, ?)", zip(keys, map(orjson.dumps, values), strict=True))
+                    db.executemany("INSERT INTO rows VALUES (?, ?)", zip(keys, _encoded_rows(batch, varying), strict=True))
                 except sqlite3.IntegrityError as e:
                     raise TableError(f"version {version} holds a key twice ({e}); its prediction shards are inconsistent") from e
             db.commit()
@@ -303,6 +302,71 @@ class Store:
             connections, self._connections = self._connections, []
         for db in connections:
             db.close()
+
+
+def _encoded_rows(batch: pa.RecordBatch, columns: list[str]) -> list[bytes]:
+    """Each row's values of ``columns`` as the JSON array ``orjson.dumps`` writes (the same bytes), built
+    by column in Arrow: strings, integers, booleans and lists of strings; columns of other types are
+    dumped value by value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not columns:
+        return [b"[]"] * batch.num_rows
+    literals = [_json_column(batch.column(name)) for name in columns]
+    text = pc.binary_join_element_wise("[", *_interleave(literals, ","), "]", "")
+    return text.cast(pa.binary()).to_pylist()
+
+
+def _interleave(values: list[Any], separator: str) -> list[Any]:
+    out: list[Any] = []
+    for i, value in enumerate(values):
+        out += [separator, value] if i else [value]
+    return out
+
+
+def _json_column(column: pa.Array) -> pa.Array:
+    """orjson's JSON text of each value of a column (``null`` for nulls), as a string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return json_strings(column)
+    if pa.types.is_integer(kind):
+        return pc.fill_null(pc.cast(column, pa.string()), "null")
+    if pa.types.is_boolean(kind):
+        return pc.fill_null(pc.if_else(column, "true", "false"), "null")
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_string(kind.value_type):
+        lists = column.cast(pa.list_(pa.string()))
+        items = pa.ListArray.from_arrays(
+            pc.subtract(lists.offsets, lists.offsets[0]), json_strings(lists.flatten()), mask=pc.is_null(lists)
+        )
+        return pc.fill_null(pc.binary_join_element_wise("[", pc.binary_join(items, ","), "]", ""), "null")
+    return pa.array([orjson.dumps(value).decode() for value in column.to_pylist()], pa.string())
+
+
+def json_strings(values: pa.Array) -> pa.Array:
+    """``orjson.dumps`` of each string as text (``null`` for nulls): a string with nothing to escape
+    (no quote, backslash or control character; found with numpy over the buffer) is quoted in Arrow,
+    the others are dumped one by one."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = values.cast(pa.string())
+    n = len(values)
+    escape = np.zeros(n, bool)
+    if n and values.buffers()[2] is not None:
+        offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset : values.offset + n + 1].astype(np.int64)
+        data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+        odd = (data < 0x20) | (data == 0x22) | (data == 0x5C)
+        escape[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = True
+    quoted = pc.binary_join_element_wise('"', values, '"', "")
+    if escape.any():
+        dumped = pa.array([orjson.dumps(v).decode() for v in values.filter(pa.array(escape)).to_pylist()], pa.string())
+        quoted = pc.if_else(pa.array(escape), dumped.take(pa.array(np.where(escape, np.cumsum(escape) - 1, 0))), quoted)
+    return pc.fill_null(quoted, "null")
 
 
 def _constant(column: pa.ChunkedArray) -> bool:

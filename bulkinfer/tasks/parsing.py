@@ -49,6 +49,7 @@ def split_plain_items(raws: pa.Array, separators: Sequence[str]) -> tuple[np.nda
     control characters removed and holds no whitespace but spaces inside an item, so
     every step is an Arrow kernel; for such text the items' keys are their lower case.
     """
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -57,7 +58,12 @@ def split_plain_items(raws: pa.Array, separators: Sequence[str]) -> tuple[np.nda
     pieces = pc.split_pattern_regex(raws, pattern)
     owner = pc.list_parent_indices(pieces).to_numpy()
     items = pc.utf8_trim(pc.list_flatten(pieces), " ")
-    items = pc.replace_substring_regex(items, _PLAIN_LEADING, "", max_replacements=1)
+    # The bullet pattern runs only on items that start like a bullet or a number (few do).
+    bulleted = pc.is_in(pc.utf8_slice_codeunits(items, 0, 1), value_set=pa.array(["-", "*", *"0123456789"]))
+    bulleted = bulleted.to_numpy(zero_copy_only=False)
+    if bulleted.any():
+        unbulleted = pc.replace_substring_regex(items.filter(pa.array(bulleted)), _PLAIN_LEADING, "", max_replacements=1)
+        items = pc.if_else(pa.array(bulleted), unbulleted.take(pa.array(np.maximum(np.cumsum(bulleted) - 1, 0))), items)
     items = pc.utf8_trim(pc.utf8_rtrim(pc.utf8_trim(items, _WRAPPING), _TRAILING), _WRAPPING)
     items = pc.replace_substring_regex(items, "  +", " ")  # " ".join(item.split()): trimmed already, runs inside remain
     return owner, items if isinstance(items, pa.Array) else items.combine_chunks()

@@ -133,3 +133,28 @@ def test_arabic_hamza_on_letters_survives_harakat_removal():
 def test_idempotent_on_marks_digits_and_format_characters(text):
     key = normalize_key(text)
     assert normalize_key(key) == key
+
+
+_SOME_UNICODE = ["é", "İ", "ı", "Ｃ", "\u3000", "ё", "\u200b", "ﬁ", "١", "\x85", "\xa0"]
+_MIXED_TEXT = st.text(alphabet=st.sampled_from([*map(chr, range(128)), *_SOME_UNICODE]))
+
+
+@given(st.lists(st.one_of(st.none(), _MIXED_TEXT, st.text()), max_size=40), st.integers(0, 5))
+def test_normalize_keys_over_a_column_equals_normalize_key_per_string(texts, cut):
+    import pyarrow as pa
+
+    from bulkinfer.keys import normalize_keys
+
+    column = pa.array(texts, pa.string()).slice(min(cut, len(texts)))  # a sliced array starts at an offset
+    want = [None if text is None else normalize_key(text) for text in column.to_pylist()]
+    assert normalize_keys(column).to_pylist() == want
+    assert normalize_keys(pa.chunked_array([column, column], pa.string())).to_pylist() == want + want
+
+
+def test_normalize_keys_of_plain_ascii_is_its_lower_case():
+    import pyarrow as pa
+
+    from bulkinfer.keys import normalize_keys
+
+    texts = ["Covid Vaccine", "cheap flights", "a b", "", "x  y", " lead", "trail ", "tab\there", None]
+    assert normalize_keys(pa.array(texts)).to_pylist() == [None if t is None else normalize_key(t) for t in texts]

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulkinfer.format.quality import example_keys, example_leaks, failed_gates, is_echo, measure
 from bulkinfer.tasks.parsing import parse_output
@@ -179,3 +181,74 @@ def test_label_echo_by_column_and_churn_of_labels():
     quality = measure(task, rows, {}, previous)
     assert (quality["echo_rate"], quality["empty_rate"]) == (1 / 3, 2 / 3)
     assert (quality["churn_rate"], quality["churn_compared"]) == (1 / 3, 3)  # null to null is no change; "" from "fruit" is
+
+
+_PIECES = [
+    " covid jab",
+    "Covid  JAB",
+    "- flu jab",
+    "* bullet",
+    "1. numbered",
+    "12) twelve",
+    "1234. not a list number",
+    '"quoted"',
+    "'single'",
+    "(brackets)",
+    "[x]",
+    "trailing!?",
+    "ends.;",
+    " ",
+    "",
+    "\tTab",
+    "a\rb",
+    "ctl\x07x",
+    "vacuna  contra",
+    "ｆｕｌｌ",
+    "“curly”",
+    "• dot",
+    "·mid",
+    "--",
+    "1.",
+    "straße",
+    "x\x1fy",
+    "laptop bag",
+    "notebook bag",
+    "flu shot",
+    "upper CASE",
+]
+_SEPARATORS = [", ", ",", ";", "\n", "، ", "，", " , "]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(_SEPARATORS)), max_size=8), st.sampled_from(["", " ", "\n"]))
+@settings(max_examples=150, deadline=None)
+def test_the_arrow_parse_of_answers_equals_the_parsers(pieces, lead):
+    """Messy answers (bullets, quotes, repeats, control characters, Unicode, every separator) parse to the same
+    candidate items in Arrow as with the parser's own clean_items, each answer on its own."""
+    from bulkinfer.format.quality import _candidate_items, _candidate_table
+    from bulkinfer.tasks.parsing import compile_parser
+
+    task = load_task("synonyms_multilingual")
+    parser = compile_parser(task)
+    raws = [lead + "".join(piece + sep for piece, sep in pieces[:cut]) for cut in range(len(pieces) + 1)]
+    found = _candidate_table(parser, pa.array(raws, pa.string())).to_pylist()
+    assert [(row["raw"], row["item"]) for row in found] == [
+        (i, item) for i, raw in enumerate(raws) for item in _candidate_items(parser, raw)
+    ]
+
+
+def test_measure_on_messy_answers_agrees_with_the_per_row_measures():
+    raws = [
+        " covid jab, Covid  JAB, - flu jab; 1. laptop bag\n* notebook bag",
+        " flu shot, FLU SHOT, (covid jab), “curly”, ctl\x07x",
+        "\tflu jab, influenza shot.,,",
+        " vacuna contra el covid， 新冠疫苗、 laptop bag",
+    ]
+    keys = ["covid jab", "flu shot", "flu jab", "covid vaccine", "fresh", "another"]
+    pairs = [(key, raws[i % len(raws)]) for i, key in enumerate(keys)]
+    values = [parse_output(SYNONYMS, raw, key).value for key, raw in pairs]
+    quality = measure(SYNONYMS, pa.table({"key": keys, "synonyms": values, "raw_output": [raw for _, raw in pairs]}), {}, None)
+    expected = _per_row_reference(SYNONYMS, keys, [raw for _, raw in pairs])
+    assert expected["echo"] and expected["leaks"], "the data exercises both measures"
+    assert quality["echo_rate"] == expected["echo"] / len(keys)
+    assert quality["example_leak_rate"] == expected["leak_rows"] / len(keys)
+    assert quality["example_leaks"] == expected["leaks"]

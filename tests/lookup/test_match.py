@@ -283,6 +283,7 @@ def test_the_job_publishes_the_index_and_reports_ambiguity(tmp_path):
         "ambiguous_items": 1,
         "ambiguous_examples": [{"item": "covid jab", "concepts": ["covid vaccine", "vaccine"], "claimed_by": 2}],
     }
+    assert not (tmp_path / "t" / "versions" / "r1" / match.SAVED_CLAIMS).exists(), "the claims kept for the index are gone after publish"
     with open_table(str(tmp_path / "t"), cache_dir=tmp_path / "cache") as table:
         assert table.match_index().directory == tmp_path / "t" / "versions" / "r1", "the version's own index, nothing built"
         assert spans(table.match("vuelos baratos a Roma")) == [("vuelos baratos", "cheap flights", 0, 14)]
@@ -310,3 +311,93 @@ def test_write_version_helper_builds_the_index_too(tmp_path):
     with open_table(str(tmp_path)) as table:
         assert table.match_index().directory == tmp_path / "versions" / "v1"
         assert spans(table.match("a covid jab")) == [("covid jab", "covid vaccine", 2, 11)]
+
+
+def _index_files(vdir):
+    meta = dict(sqlite3.connect(vdir / match.MATCH).execute("SELECT name, value FROM meta").fetchall())
+    return (vdir / match.AUTOMATON).read_bytes(), (vdir / match.CLAIMS).read_bytes(), meta
+
+
+def test_an_index_built_from_the_manifests_claims_is_the_one_built_from_the_shards(tmp_path):
+    vdir = write_table(tmp_path)
+    from_shards = _index_files(vdir)
+    rows = layout.read_shards(str(vdir), layout.PREDICTIONS)
+    summary = match.match_summary(rows, "synonyms", keep_in=str(vdir))
+    assert (vdir / match.SAVED_CLAIMS).is_file()
+    for name in (match.MATCH, match.AUTOMATON, match.CLAIMS):
+        (vdir / name).unlink()
+    built = match.write_match_index(str(tmp_path), "v1")
+    assert built is not None and built.to_dict() == summary
+    assert _index_files(vdir) == from_shards
+    assert not (vdir / match.SAVED_CLAIMS).exists()
+
+
+def test_claims_kept_from_other_shards_are_passed_over(tmp_path):
+    vdir = write_table(tmp_path, index=False)
+    stale = pa.table({"key": ["other"], "language": ["en"], "synonyms": pa.array([["nothing like it"]], pa.list_(pa.string()))})
+    match.match_summary(stale, "synonyms", keep_in=str(vdir))
+    # The shards change after the claims were kept (never in a job; a hand-edited version): the shards win.
+    shard = vdir / "predictions-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(shard), shard, compression="gzip")
+    match.write_match_index(str(tmp_path), "v1")
+    assert match.MatchIndex(vdir).exact("covid jab")[0]["concept"] == "covid vaccine"
+    assert match.MatchIndex(vdir).exact("nothing like it") == []
+
+
+def _claims_by_the_rules(rows):
+    """collect_claims as the module docstring states its rules, row by row in Python."""
+    from bulkinfer.keys import normalize_key
+
+    found = {}
+    order = 0
+    for row in rows:  # each concept's key is an item of its own
+        found.setdefault(row["key"], []).append((0, -1, row["key"], order, row["language"]))
+        order += 1
+    for row in rows:
+        stated = row.get(match.ITEM_LANGUAGES) or []
+        for position, spelling in enumerate(row["synonyms"] or []):
+            item = normalize_key(spelling) if spelling else ""
+            if item:
+                language = stated[position] if position < len(stated) else row["language"]
+                found.setdefault(item, []).append((0 if item == row["key"] else 1, position, row["key"], order, language))
+                order += 1
+    claims = []
+    for item in sorted(found):
+        ranked, seen = [], set()
+        for _, _, concept, _, language in sorted(found[item]):
+            if concept not in seen:
+                seen.add(concept)
+                ranked.append((concept, language))
+        claims.append((item, ranked))
+    return claims
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_claims_by_column_follow_the_ranking_rules(seed):
+    import random
+
+    rng = random.Random(seed)
+    spellings = ["Covid Jab", "covid  jab", "jab", "vacuna", "", " ", "straße", "STRASSE", "新冠疫苗", "key 1", "Key 2", None]
+    rows = [
+        {
+            "key": f"key {rng.randint(0, 9)}",
+            "language": rng.choice(["en", "de", None]),
+            "synonyms": rng.choice([None, [], rng.sample(spellings, rng.randint(1, 7))]),
+            match.ITEM_LANGUAGES: rng.choice([None, [], ["es"], ["fr", None, "it"]]),
+        }
+        for _ in range(40)
+    ]
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("key", pa.string()),
+                ("language", pa.string()),
+                ("synonyms", pa.list_(pa.string())),
+                (match.ITEM_LANGUAGES, pa.list_(pa.string())),
+            ]
+        ),
+    )
+    expected = _claims_by_the_rules(rows)
+    assert expected and any(len(ranked) > 1 for _, ranked in expected), "the data has ambiguous items"
+    assert match.collect_claims(table, "synonyms") == [(item, [tuple(c) for c in ranked]) for item, ranked in expected]

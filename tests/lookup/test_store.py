@@ -48,7 +48,15 @@ def test_lookups_normalise_batch_and_keep_order(tmp_path):
         many = [f"q{i}" for i in range(1200)] + ["covid vaccine"]  # more than one IN (...) statement
         assert table.get_many(many)[-1]["synonyms"] == ["covid jab", "coronavirus vaccine"]
         assert table.answer_many(["Straße", "unknown"]) == [
-            {"query": "Straße", "key": "strasse", "found": True, "synonyms": ["road"], "version": "v1", "model": "fake-model", "run_id": "v1"},  # noqa: E501
+            {
+                "query": "Straße",
+                "key": "strasse",
+                "found": True,
+                "synonyms": ["road"],
+                "version": "v1",
+                "model": "fake-model",
+                "run_id": "v1",
+            },  # noqa: E501
             {"query": "unknown", "key": "unknown", "found": False, "synonyms": [], "version": "v1"},
         ]
         assert table.answer(" cheap FLIGHTS") == {
@@ -168,3 +176,26 @@ def test_a_table_keyed_by_another_normaliser_version_opens_with_a_warning(tmp_pa
     with caplog.at_level("WARNING", logger="bulkinfer.lookup.table"):
         assert open_table(str(table), cache_dir=tmp_path / "cache").get("A")["synonyms"] == ["b"]
     assert f"key normaliser version {KEY_VERSION - 1}, this reader uses {KEY_VERSION}" in caplog.text
+
+
+def test_rows_are_encoded_by_column_exactly_as_orjson_encodes_them():
+    """Strings needing escapes, Unicode, nulls everywhere, lists with null items, integers, booleans and a float column."""
+    import orjson
+
+    from bulkinfer.lookup.store import _encoded_rows
+
+    rows = pa.table(
+        {
+            "text": pa.array(["plain", 'a "quote"', "back\\slash", "new\nline", "\x07bell", "ünï 新冠", "", None], pa.string()),
+            "items": pa.array([["a", "b"], [], None, ["x\ty", None], ['"q"'], ["ünï"], [""], ["z"]], pa.list_(pa.string())),
+            "count": pa.array([1, None, -3, 0, 2**40, 5, 6, 7], pa.int64()),
+            "small": pa.array([1, 2, 3, None, 5, 6, 7, 8], pa.int32()),
+            "flag": pa.array([True, False, None, True, False, True, False, True]),
+            "score": pa.array([0.1, 1e-5, None, 2.0, 3.5, 1e20, -0.0, 7.25]),
+        }
+    )
+    columns = rows.column_names
+    for batch in (rows.to_batches()[0], rows.to_batches()[0].slice(3)):
+        expected = [orjson.dumps(values) for values in zip(*(batch.column(c).to_pylist() for c in columns), strict=True)]
+        assert _encoded_rows(batch, columns) == expected
+    assert _encoded_rows(rows.to_batches()[0], []) == [b"[]"] * rows.num_rows
