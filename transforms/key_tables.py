@@ -88,6 +88,16 @@ def _powers(n: int) -> np.ndarray:
     return powers
 
 
+def split_by(table: pa.Table, ids: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+    """``(id, rows)`` for every distinct id of the rows (numpy integers, one per row), rows in table order."""
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = np.flatnonzero(np.diff(ids, prepend=-1))
+    for start, end in zip(starts, [*starts[1:], len(ids)], strict=True):
+        # take, not slice: a pickled slice carries its parent's whole buffers, so 64 slices would ship the table 64 times.
+        yield int(ids[start]), table.take(pa.array(order[start:end]))
+
+
 def key_bucket(key: str, buckets: int = KEY_BUCKETS) -> int:
     """The bucket of one key (:func:`key_buckets`)."""
     return int(key_buckets(pa.array([key], pa.string()), buckets)[0])
@@ -205,13 +215,7 @@ class KeyTable(beam.DoFn):
         columns |= {field_column(name): table.column(name) for name in self._fields}
         rows = pa.table(columns)
         merged = merge_spellings(rows.append_column("rows", pa.array(np.ones(rows.num_rows, np.int64))), by_language=True)
-        buckets = key_buckets(merged.column("key"), self._buckets)
-        order = np.argsort(buckets, kind="stable")
-        buckets = buckets[order]
-        starts = np.flatnonzero(np.diff(buckets, prepend=-1))
-        for start, end in zip(starts, [*starts[1:], len(buckets)], strict=True):
-            # take, not slice: a pickled slice carries its parent's whole buffers, so 64 slices would ship the table 64 times.
-            yield int(buckets[start]), merged.take(pa.array(order[start:end]))
+        yield from split_by(merged, key_buckets(merged.column("key"), self._buckets))
 
     def _fields_rank(self, table: pa.Table) -> pa.Array:
         if not self._fields:

@@ -17,7 +17,7 @@ from bulkinfer.errors import Reason
 from bulkinfer.format import fs, layout
 from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
 from bulkinfer.format.records import METRICS_NAMESPACE
-from bulkinfer.transforms.key_tables import KEY_BUCKETS, key_buckets
+from bulkinfer.transforms.key_tables import KEY_BUCKETS, key_buckets, split_by
 
 REUSED = "reused"
 REUSED_DEAD = "reused_dead"
@@ -149,13 +149,7 @@ class SplitBuckets(beam.DoFn):
         table = table.filter(pc.fill_null(keep, False))
         if table.num_rows == 0:
             return
-        buckets = key_buckets(table.column("key"), self._buckets)
-        order = np.argsort(buckets, kind="stable")
-        buckets = buckets[order]
-        starts = np.flatnonzero(np.diff(buckets, prepend=-1))
-        for start, end in zip(starts, [*starts[1:], len(buckets)], strict=True):
-            # take, not slice: a pickled slice carries its parent's whole buffers.
-            yield int(buckets[start]), table.take(pa.array(order[start:end]))
+        yield from split_by(table, key_buckets(table.column("key"), self._buckets))
 
 
 class _Split(beam.DoFn):
@@ -286,9 +280,4 @@ class ReuseResults(beam.PTransform):
 def _by_file(picks: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     """The reused rows' places, by the file that holds them."""
     picks = picks.select(["file", "row", "source_rows"])
-    files = picks.column("file").to_numpy()
-    order = np.argsort(files, kind="stable")
-    files = files[order]
-    starts = np.flatnonzero(np.diff(files, prepend=-1))
-    for start, end in zip(starts, [*starts[1:], len(files)], strict=True):
-        yield int(files[start]), picks.take(pa.array(order[start:end]))
+    return split_by(picks, picks.column("file").to_numpy())

@@ -252,7 +252,7 @@ def _list_starts(lists: pa.Array) -> Any:
     return np.cumsum(lengths) - lengths
 
 
-def _starts_run(values: pa.Array) -> Any:
+def starts_run(values: pa.Array) -> Any:
     """Numpy booleans: True where a value differs from the one before it (and first)."""
     import numpy as np
     import pyarrow.compute as pc
@@ -271,7 +271,7 @@ def _first_of_each(items: pa.ChunkedArray, concepts: pa.ChunkedArray) -> Any:
 
     rows = pa.table({"item": items, "concept": concepts, "row": np.arange(len(items))})
     rows = rows.sort_by([("item", "ascending"), ("concept", "ascending"), ("row", "ascending")])
-    pair = _starts_run(rows.column("item").combine_chunks()) | _starts_run(rows.column("concept").combine_chunks())
+    pair = starts_run(rows.column("item").combine_chunks()) | starts_run(rows.column("concept").combine_chunks())
     return np.sort(rows.column("row").to_numpy()[pair])
 
 

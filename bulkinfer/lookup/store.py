@@ -30,7 +30,7 @@ import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -346,14 +346,16 @@ def _json_column(column: pa.Array) -> pa.Array:
     return pa.array([orjson.dumps(value).decode() for value in column.to_pylist()], pa.string())
 
 
-def json_strings(values: pa.Array) -> pa.Array:
-    """``orjson.dumps`` of each string as text (``null`` for nulls): a string with nothing to escape
-    (no quote, backslash or control character; found with numpy over the buffer) is quoted in Arrow,
-    the others are dumped one by one."""
+def json_strings(values: pa.Array, dump: Callable[[str], str] | None = None) -> pa.Array:
+    """JSON of each string as text (``null`` for nulls): a string with nothing to escape (no quote,
+    backslash or control character; found with numpy over the buffer) is quoted in Arrow, the others
+    are dumped one by one, by ``dump`` (default: ``orjson.dumps``; ``json.dumps(..., ensure_ascii=False)``
+    escapes the same characters)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    dump = dump or (lambda value: orjson.dumps(value).decode())
     values = values.cast(pa.string())
     n = len(values)
     escape = np.zeros(n, bool)
@@ -364,7 +366,7 @@ def json_strings(values: pa.Array) -> pa.Array:
         escape[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = True
     quoted = pc.binary_join_element_wise('"', values, '"', "")
     if escape.any():
-        dumped = pa.array([orjson.dumps(v).decode() for v in values.filter(pa.array(escape)).to_pylist()], pa.string())
+        dumped = pa.array([dump(v) for v in values.filter(pa.array(escape)).to_pylist()], pa.string())
         quoted = pc.if_else(pa.array(escape), dumped.take(pa.array(np.where(escape, np.cumsum(escape) - 1, 0))), quoted)
     return pc.fill_null(quoted, "null")
 

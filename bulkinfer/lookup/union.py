@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bulkinfer.keys import normalize_key, normalize_keys
-from bulkinfer.lookup.match import ITEM_LANGUAGES
+from bulkinfer.lookup.match import ITEM_LANGUAGES, starts_run
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -101,9 +101,9 @@ def _union_by_column(rows: pa.Table, output_column: str, order: Sequence[str]) -
     ordered = rows.take(ordering)
     n = ordered.num_rows
     keys = ordered.column("key").combine_chunks()
-    starts = np.flatnonzero(_starts_run(keys))
+    starts = np.flatnonzero(starts_run(keys))
     groups = len(starts)
-    group = np.cumsum(_starts_run(keys)) - 1
+    group = np.cumsum(starts_run(keys)) - 1
     sizes = np.diff(np.append(starts, n))
     several = sizes > 1
     language = ordered.column("language").combine_chunks().cast(pa.string())
@@ -145,18 +145,6 @@ def _union_by_column(rows: pa.Table, output_column: str, order: Sequence[str]) -
     return pa.table({field.name: out[field.name] for field in schema}, schema=schema)
 
 
-def _starts_run(values: pa.Array) -> Any:
-    """Numpy booleans: True where a value differs from the one before it (and first)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    starts = np.ones(len(values), bool)
-    if len(values) > 1:
-        same = pc.fill_null(pc.equal(values.slice(1), values.slice(0, len(values) - 1)), False)
-        starts[1:] = ~same.to_numpy(zero_copy_only=False)
-    return starts
-
-
 def _raw_outputs(ordered: pa.Table, language: pa.Array, group: Any, starts: Any, sizes: Any) -> pa.Array:
     """Per group, ``json.dumps({language or "": raw_output, ...}, ensure_ascii=False)`` over its rows, in Arrow.
 
@@ -189,25 +177,12 @@ def _raw_outputs(ordered: pa.Table, language: pa.Array, group: Any, starts: Any,
 
 
 def _json_literals(values: pa.Array) -> pa.Array:
-    """``json.dumps(value, ensure_ascii=False)`` of each string (``null`` for nulls): a string with nothing
-    to escape is quoted in Arrow, the others are dumped by ``json``."""
-    import numpy as np
+    """``json.dumps(value, ensure_ascii=False)`` of each string (``null`` for nulls), as the row-by-row merge wrote them."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    values = values.cast(pa.string())
-    n = len(values)
-    escape = np.zeros(n, bool)
-    if n and values.buffers()[2] is not None:
-        offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset : values.offset + n + 1].astype(np.int64)
-        data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-        odd = (data < 0x20) | (data == 0x22) | (data == 0x5C)
-        escape[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = True
-    quoted = pc.binary_join_element_wise('"', values, '"', "").cast(pa.large_string())
-    if escape.any():
-        dumped = pa.array([json.dumps(v, ensure_ascii=False) for v in values.filter(pa.array(escape)).to_pylist()], pa.large_string())
-        quoted = pc.if_else(pa.array(escape), dumped.take(pa.array(np.where(escape, np.cumsum(escape) - 1, 0))), quoted)
-    return pc.fill_null(quoted, "null")
+    from bulkinfer.lookup.store import json_strings
+
+    return json_strings(values, lambda value: json.dumps(value, ensure_ascii=False)).cast(pa.large_string())
 
 
 def _union_by_row(rows: pa.Table, output_column: str, order: Sequence[str] = ()) -> pa.Table:
