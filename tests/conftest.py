@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,8 +68,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _ENGINE_ENVIRONMENT = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
 
 
+class EnginePool(dict):
+    """The session's engines, keyed by their start arguments and vLLM CPU settings (JSON)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start_seconds: dict[str, float] = {}
+        """How long each engine took to start, by the same key: what a test that reuses one saved."""
+
+    def started_with(self, **kwargs: Any) -> list[str]:
+        """The keys of the pooled engines started with these arguments (among others)."""
+        return [key for key in self if all(json.loads(key)[0].get(name) == value for name, value in kwargs.items())]
+
+
 @pytest.fixture(scope="session")
-def shared_engines() -> Iterator[dict[str, Any]]:
+def shared_engines() -> Iterator[EnginePool]:
     """One real vLLM engine per distinct engine configuration, for the whole session.
 
     A start costs tens of seconds on a 2-core CPU, and the engine tests (handler, job,
@@ -88,13 +102,15 @@ def shared_engines() -> Iterator[dict[str, Any]]:
     from bulkinfer.models import vllm_handler
 
     start, shutdown = vllm.LLM, vllm_handler.shutdown_engine
-    engines: dict[str, Any] = {}
+    engines = EnginePool()
 
     def pooled(**kwargs: Any) -> Any:
         settings = {name: os.environ.get(name) for name in _ENGINE_ENVIRONMENT}
         key = json.dumps([kwargs, settings], sort_keys=True, default=str)
         if key not in engines:
+            began = time.perf_counter()
             engines[key] = start(**kwargs)
+            engines.start_seconds[key] = time.perf_counter() - began
         return engines[key]
 
     def shutdown_unless_pooled(llm: Any) -> None:
