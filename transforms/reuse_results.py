@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -196,16 +197,27 @@ class _ReadJoinColumns(beam.DoFn):
 
 
 class _CopyRows(beam.DoFn):
-    """Copies the reused rows of one earlier file, whole, with today's ``source_rows``."""
+    """Copies the reused rows of one earlier file, whole, with today's ``source_rows``, a row group at a time."""
 
     def __init__(self, paths: Sequence[str]):
         self._paths = list(paths)
 
     def process(self, item: tuple[int, Iterable[pa.Table]]) -> Iterator[pa.Table]:
+        import pyarrow.parquet as pq
+
         file, picks = item
-        picks = pa.concat_tables(list(picks))
-        rows = layout.read_parquet(self._paths[file]).take(picks.column("row"))
-        yield rows.set_column(rows.schema.get_field_index("source_rows"), "source_rows", picks.column("source_rows"))
+        picks = pa.concat_tables(list(picks)).sort_by("row")
+        rows = picks.column("row").to_numpy()
+        path = self._paths[file]
+        # Memory holds one row group of the file, not the file: a version may be one large file.
+        with contextlib.ExitStack() as stack:
+            parquet = pq.ParquetFile(path if "://" not in path else stack.enter_context(layout.open_binary(path)))
+            ends = np.cumsum([parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
+            group_of = np.searchsorted(ends, rows, side="right")
+            for group, chosen in split_by(picks, group_of):
+                start = ends[group] - parquet.metadata.row_group(group).num_rows
+                taken = parquet.read_row_group(group).take(pa.array(chosen.column("row").to_numpy() - start))
+                yield taken.set_column(taken.schema.get_field_index("source_rows"), "source_rows", chosen.column("source_rows"))
 
 
 def _files(directory: str | None, kind: str) -> list[str]:
