@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 KEY_VERSION = 2
@@ -179,16 +180,16 @@ def normalize_keys(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     n = len(texts)
     if n == 0:
         return texts
-    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(texts.buffers()[2], np.uint8) if texts.buffers()[2] is not None else np.zeros(0, np.uint8)
-    data = data[offsets[0] : offsets[-1]]
-    offsets -= offsets[0]
+
+    def odd(data: np.ndarray) -> np.ndarray:
+        space = data == 0x20
+        found = (data < 0x20) | (data >= 0x7F)
+        found[1:] |= space[1:] & space[:-1]
+        return found
+
+    flagged = strings_holding(texts, odd)
+    offsets, data = _string_buffers(texts)
     space = data == 0x20
-    odd = (data < 0x20) | (data >= 0x7F)
-    odd[1:] |= space[1:] & space[:-1]
-    flagged = np.zeros(n, bool)
-    # Odd bytes are few: find them, then the strings they fall in.
-    flagged[np.searchsorted(offsets, np.flatnonzero(odd), side="right") - 1] = True
     nonempty = np.diff(offsets) > 0
     flagged[nonempty] |= space[offsets[:-1][nonempty]] | space[offsets[1:][nonempty] - 1]
     lowered = pc.ascii_lower(texts)
@@ -201,3 +202,30 @@ def normalize_keys(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     # Scatter the flagged strings' keys back into place.
     slot = np.cumsum(flagged) - 1
     return pc.if_else(pa.array(flagged), folded.take(pa.array(np.where(flagged, slot, 0))), lowered)
+
+
+def strings_holding(texts: pa.Array, odd: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Which strings of a string array hold a byte ``odd`` flags (numpy booleans, one per string).
+
+    ``odd`` gets the UTF-8 bytes of all the strings at once (numpy ``uint8``) and returns a
+    boolean per byte; such bytes are few, so they are found over the whole buffer, then the
+    strings they fall in. Nulls and empty strings hold none.
+    """
+    import numpy as np
+
+    offsets, data = _string_buffers(texts)
+    flagged = np.zeros(len(texts), bool)
+    flagged[np.searchsorted(offsets, np.flatnonzero(odd(data)), side="right") - 1] = True
+    return flagged
+
+
+def _string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's offsets (from 0, int64) and the bytes they point into."""
+    import numpy as np
+
+    n = len(texts)
+    if n == 0:
+        return np.zeros(1, np.int64), np.zeros(0, np.uint8)
+    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(texts.buffers()[2], np.uint8) if texts.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return offsets - offsets[0], data[offsets[0] : offsets[-1]]

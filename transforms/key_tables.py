@@ -21,7 +21,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, Provenance, field_column
-from bulkinfer.keys import normalize_key
+from bulkinfer.keys import normalize_keys
 from bulkinfer.tasks.languages import normalize_language
 
 KEY_BUCKETS = 64
@@ -158,14 +158,12 @@ class KeyTable(beam.DoFn):
         """Keys of a text column: the normaliser runs once per distinct spelling."""
         spellings = query.combine_chunks()
         encoded = spellings.dictionary_encode()
-        keys, untidy = [], []
-        for text in encoded.dictionary.to_pylist():
-            key = normalize_key(text)
-            keys.append(key or None)  # empty after normalisation: a dead letter, KeyRow says why
-            untidy.append(" ".join(text.split()) != text)
+        keys = normalize_keys(encoded.dictionary)
+        keys = pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys)  # empty: a dead letter, KeyRow says why
+        untidy = [" ".join(text.split()) != text for text in encoded.dictionary.to_pylist()]
         return pa.table(
             {
-                "key": pc.take(pa.array(keys, pa.string()), encoded.indices),
+                "key": pc.take(keys, encoded.indices),
                 "query": spellings,
                 "untidy": pc.take(pa.array(untidy, pa.bool_()), encoded.indices),
             }

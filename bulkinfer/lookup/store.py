@@ -39,6 +39,7 @@ import orjson
 
 from bulkinfer.errors import TableError
 from bulkinfer.format import fs, layout
+from bulkinfer.keys import strings_holding
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -357,13 +358,7 @@ def json_strings(values: pa.Array, dump: Callable[[str], str] | None = None) -> 
 
     dump = dump or (lambda value: orjson.dumps(value).decode())
     values = values.cast(pa.string())
-    n = len(values)
-    escape = np.zeros(n, bool)
-    if n and values.buffers()[2] is not None:
-        offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset : values.offset + n + 1].astype(np.int64)
-        data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-        odd = (data < 0x20) | (data == 0x22) | (data == 0x5C)
-        escape[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = True
+    escape = strings_holding(values, lambda data: (data < 0x20) | (data == 0x22) | (data == 0x5C))
     quoted = pc.binary_join_element_wise('"', values, '"', "")
     if escape.any():
         dumped = pa.array([dump(v) for v in values.filter(pa.array(escape)).to_pylist()], pa.string())

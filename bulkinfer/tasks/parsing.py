@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bulkinfer.keys import normalize_key
+from bulkinfer.keys import normalize_key, strings_holding
 
 if TYPE_CHECKING:  # the spec validates its examples with this parser: the dependency runs spec -> parsing only
     import numpy as np
@@ -28,17 +28,7 @@ _PLAIN_LEADING = "^(?:[-*]+|[0-9]{1,3}[.)]) +"
 
 def plain_rows(texts: pa.Array) -> np.ndarray:
     """Which strings hold only printable ASCII and line breaks (numpy booleans), found over the whole buffer at once."""
-    import numpy as np
-
-    n = len(texts)
-    if n == 0 or texts.buffers()[2] is None:
-        return np.ones(n, bool)
-    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(texts.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-    odd = ((data < 0x20) & (data != 0x0A)) | (data > 0x7E)
-    plain = np.ones(n, bool)
-    plain[np.searchsorted(offsets - offsets[0], np.flatnonzero(odd), side="right") - 1] = False
-    return plain
+    return ~strings_holding(texts, lambda data: ((data < 0x20) & (data != 0x0A)) | (data > 0x7E))
 
 
 def split_plain_items(raws: pa.Array, separators: Sequence[str]) -> tuple[np.ndarray, pa.Array]:
