@@ -181,9 +181,6 @@ _JOIN_COLUMNS = ("key", "language", "fingerprint", "reason", "source_rows")
 class _ReadJoinColumns(beam.DoFn):
     """Reads the join columns of one earlier result file, each row marked with its file and place in it."""
 
-    def __init__(self, fingerprint: str):
-        self._fingerprint = fingerprint
-
     def process(self, item: tuple[int, str]) -> Iterator[pa.Table]:
         file, path = item
         schema, rows = layout.parquet_schema(path)
@@ -258,19 +255,19 @@ class ReuseResults(beam.PTransform):
 
     def expand(self, groups: beam.PCollection) -> tuple[beam.PCollection, ...]:
         # Only the columns the rules read go through the join (a small share of a row's bytes); reused
-        # rows are then copied whole, one earlier file at a time, so memory holds one file, not the version.
+        # rows are then copied whole, a row group of an earlier file at a time, not the version at once.
         paths = {
             name: _files(self._directories[name.partition("_")[0]], DEAD_LETTER if name.endswith("_dead") else PREDICTIONS)
             for name in SOURCES
         }
         every = [path for name in SOURCES for path in paths[name]]
-        numbered = {name: [(every.index(path), path) for path in paths[name]] for name in SOURCES}
+        number = {path: i for i, path in enumerate(every)}
         bucketed = {"groups": groups | "BucketGroups" >> beam.ParDo(SplitBuckets())}
         for name in SOURCES:
             bucketed[name] = (
                 groups.pipeline
-                | f"Files_{name}" >> beam.Create(numbered[name])
-                | f"Read_{name}" >> beam.ParDo(_ReadJoinColumns(self._fingerprint))
+                | f"Files_{name}" >> beam.Create([(number[path], path) for path in paths[name]])
+                | f"Read_{name}" >> beam.ParDo(_ReadJoinColumns())
                 | f"Bucket_{name}" >> beam.ParDo(SplitBuckets(self._fingerprint))
             )
         split = (
