@@ -96,6 +96,9 @@ class EngineConfig:
             # vLLM CPU sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (set by the
             # handler before load); this fraction then only bounds host memory.
             kwargs["gpu_memory_utilization"] = 0.3
+            if self.tensor_parallel_size == 1:
+                # In the calling process (the handler sets VLLM_ENABLE_V1_MULTIPROCESSING=0 with it).
+                kwargs["distributed_executor_backend"] = "uni"
         else:
             # A fixed KV budget rather than a share of free memory, so several
             # engines on one GPU do not trip each other's memory profiling.
