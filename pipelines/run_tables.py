@@ -27,7 +27,7 @@ from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoi
 from bulkinfer.lookup.match import drop_saved_claims
 from bulkinfer.models.vllm_handler import release_shared_engine
 from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
-from bulkinfer.pipelines.plan import TablePlan, for_workers, make_handler
+from bulkinfer.pipelines.plan import TablePlan, for_workers, in_process_runner, make_handler
 from bulkinfer.pipelines.run_record import record_run
 from bulkinfer.pipelines.summary import summarise
 
@@ -131,7 +131,7 @@ def _run_table(
         attach_log(plan.vdir)
         staged = for_workers(plan)
         reuse_from = None if job.full or previous is None else layout.version_dir(staged.output, previous)
-        pipeline = test_pipeline or beam.Pipeline(options=options)
+        pipeline = test_pipeline or beam.Pipeline(runner=in_process_runner(options), options=options)
         build(pipeline, job, staged, handler, reuse_from, progress_dir)
         result = pipeline.run()
         result.wait_until_finish()

@@ -252,3 +252,28 @@ def _keys(table_dir, version):
     return {
         row["key"] for shard in (table_dir / "versions" / version).glob("predictions-*.parquet") for row in pq.read_table(shard).to_pylist()
     }
+
+
+def test_the_default_runner_never_tries_prism(tmp_path, monkeypatch):
+    # Beam's DirectRunner tries Prism first (a download from GitHub), then falls back to the FnApiRunner.
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability import prism_runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from bulkinfer.pipelines.plan import in_process_runner
+
+    tried = []
+
+    def record(self, pipeline, options):
+        tried.append(options)
+        raise RuntimeError("no Prism here")
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", record)
+    _run(tmp_path, extra=["--run_id", "r1"])
+    assert tried == []
+    assert isinstance(in_process_runner(PipelineOptions(["--runner", "DirectRunner"])), FnApiRunner)
+    assert in_process_runner(PipelineOptions(["--runner", "PrismRunner"])) is None
+    assert in_process_runner(PipelineOptions(["--runner", "PortableRunner"])) is None
+    # The options reach worker processes the way the DirectRunner passes them.
+    runner = in_process_runner(PipelineOptions(["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]))
+    assert runner._provision_info.provision_info.pipeline_options["beam:option:direct_num_workers:v1"] in (2, "2")
