@@ -6,7 +6,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,9 @@ if TYPE_CHECKING:
 
 # vLLM CPU sizes its KV cache from this (GiB); set before any engine starts.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# make test runs two pytest workers on the same cores: OpenMP threads of an engine in one of them
+# sleep when idle instead of spinning on a core the other worker needs. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -121,8 +123,10 @@ def shared_engines() -> Iterator[EnginePool]:
         patch.setattr(vllm, "LLM", pooled)
         patch.setattr(vllm_handler, "shutdown_engine", shutdown_unless_pooled)
         yield engines
-    with ThreadPoolExecutor() as stopping:  # each stop waits seconds for the engine's processes to exit
-        list(stopping.map(shutdown, engines.values()))
+    # One after the other: CPU engines run in this process and share torch.distributed's global
+    # groups, which each shutdown tears down (two at once raced: KeyError in destroy_process_group).
+    for engine in engines.values():
+        shutdown(engine)
 
 
 @pytest.fixture(autouse=True)
