@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 
 # vLLM CPU sizes its KV cache from this (GiB); set before any engine starts.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-# make test runs two pytest workers on the same cores: OpenMP threads of an engine in one of them
-# sleep when idle instead of spinning on a core the other worker needs. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
