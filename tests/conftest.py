@@ -84,7 +84,7 @@ class EnginePool(dict):
 def shared_engines() -> Iterator[EnginePool]:
     """One real vLLM engine per distinct engine configuration, for the whole session.
 
-    A start costs tens of seconds on a 2-core CPU, and the engine tests (handler, job,
+    A start costs seconds (in process, on CPU) and the engine tests (handler, job,
     bench) start the same two configurations over and over: the tiny model plain, and
     with LoRA. While this fixture is active, ``vllm.LLM(**kwargs)`` hands back the
     engine started earlier with the same arguments and the same vLLM CPU settings,
