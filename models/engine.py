@@ -97,7 +97,9 @@ class EngineConfig:
             # handler before load); this fraction then only bounds host memory.
             kwargs["gpu_memory_utilization"] = 0.3
             if self.tensor_parallel_size == 1:
-                # In the calling process (the handler sets VLLM_ENABLE_V1_MULTIPROCESSING=0 with it).
+                # One CPU engine runs in the calling process (the handler turns vLLM's engine-core process
+                # off with it): no engine-core and worker processes that each import torch again. Measured
+                # with the tiny model: start 23.2 s -> 6.3 s, 64 prompts 0.33 s -> 0.12 s.
                 kwargs["distributed_executor_backend"] = "uni"
         else:
             # A fixed KV budget rather than a share of free memory, so several

@@ -240,11 +240,11 @@ class VLLMHandler(ModelHandler[PromptRequest, Generation, EngineHandle]):
             cores = sorted(os.sched_getaffinity(0))
             if self._engine.tensor_parallel_size == 1:
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
-                # One CPU engine runs in this process (EngineArgs' "uni" executor, see llm_kwargs):
-                # no engine-core and worker processes that each import torch again. Measured with
-                # the tiny model: start 23.2 s -> 6.3 s, 64 prompts 0.33 s -> 0.12 s.
-                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs = self._engine.llm_kwargs(on_cpu)
+        if kwargs.get("distributed_executor_backend") == "uni":
+            # The engine runs in this process: vLLM's engine core too, not only its worker
+            # (exporting VLLM_ENABLE_V1_MULTIPROCESSING=1 gets vLLM's processes back).
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if on_cpu and self._sampling.temperature > 0:
             # vLLM CPU (0.32) fails on a seeded sampled request whose prompt is split across steps
             # ("CPU Generator does not use offset", measured on a 36-prompt n = 4 job): whole
