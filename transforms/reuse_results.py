@@ -137,41 +137,66 @@ _NOTHING = ReuseSplit(pa.table({}), pa.table({}), pa.table({}), 0)
 
 
 class SplitBuckets(beam.DoFn):
-    """Cuts a table with a ``key`` column into one ``(bucket, rows)`` pair per key-hash bucket it touches."""
+    """Cuts a table with a ``key`` column into one ``(bucket, (source, rows))`` pair per key-hash bucket it touches.
 
-    def __init__(self, fingerprint: str | None = None, buckets: int = KEY_BUCKETS):
+    Takes ``(source, table)``, or a bare table of ``source`` when one is given.
+    """
+
+    def __init__(self, fingerprint: str | None = None, source: str | None = None, buckets: int = KEY_BUCKETS):
         self._fingerprint = fingerprint
+        self._source = source
         self._buckets = buckets
 
-    def process(self, table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    def process(self, item: pa.Table | tuple[str, pa.Table]) -> Iterator[tuple[int, tuple[str, pa.Table]]]:
+        source, table = (self._source, item) if self._source is not None else item
         keep = pc.is_valid(table.column("key"))
         if self._fingerprint is not None:  # other fingerprints answer nothing here: not worth shipping
             keep = pc.and_kleene(keep, pc.equal(table.column("fingerprint"), self._fingerprint))
         table = table.filter(pc.fill_null(keep, False))
         if table.num_rows == 0:
             return
-        yield from split_by(table, key_buckets(table.column("key"), self._buckets))
+        for bucket, rows in split_by(table, key_buckets(table.column("key"), self._buckets)):
+            yield bucket, (source, rows)
 
 
 class _Split(beam.DoFn):
+    """Joins one bucket's groups with the earlier results in it (:func:`split_by_reuse`).
+
+    Takes ``(bucket, [(source, table), ...])`` (the source ``"groups"`` or one of
+    :data:`SOURCES`), or a bare key-group table when there are no earlier results.
+    Yields the groups to generate; the places of reused rows go out per earlier file,
+    as ``(file, picks)`` on the ``picks`` output, for :class:`_CopyRows`.
+    """
+
     def __init__(self, fingerprint: str, greedy: bool):
         self._fingerprint = fingerprint
         self._greedy = greedy
         self._resumed = Metrics.counter(METRICS_NAMESPACE, "resumed_from_checkpoints")
 
-    def process(self, item: tuple[int, dict[str, list[pa.Table]]]) -> Iterator[Any]:
-        _, joined = item
+    def process(self, item: pa.Table | tuple[int, Iterable[tuple[str, pa.Table]]]) -> Iterator[Any]:
+        if isinstance(item, pa.Table):  # nothing earlier to join with
+            if item.num_rows:
+                yield _first_per_pair(item)
+            return
+        tables: dict[str, list[pa.Table]] = {}
+        for source, table in item[1]:
+            tables.setdefault(source, []).append(table)
         # No groups: only earlier results, whose keys left the corpus, so they leave the table too.
-        groups = pa.concat_tables(joined["groups"]) if joined["groups"] else None
-        earlier = {name: pa.concat_tables(joined[name], promote_options="permissive") if joined[name] else None for name in SOURCES}
-        split = split_by_reuse(groups, earlier, self._fingerprint, self._greedy) if groups else _NOTHING
+        if not tables.get("groups"):
+            return
+        groups = pa.concat_tables(tables["groups"])
+        earlier = {name: pa.concat_tables(tables[name], promote_options="permissive") if name in tables else None for name in SOURCES}
+        split = split_by_reuse(groups, earlier, self._fingerprint, self._greedy)
         self._resumed.inc(split.resumed)
         if split.to_generate.num_rows:
             yield split.to_generate
-        if split.reused.num_rows:
-            yield pvalue.TaggedOutput(REUSED, split.reused)
-        if split.reused_dead.num_rows:
-            yield pvalue.TaggedOutput(REUSED_DEAD, split.reused_dead)
+        for picks in (split.reused, split.reused_dead):
+            if picks.num_rows:
+                for file, rows in _by_file(picks):
+                    yield pvalue.TaggedOutput(_PICKS, (file, rows))
+
+
+_PICKS = "picks"
 
 
 _JOIN_COLUMNS = ("key", "language", "fingerprint", "reason", "source_rows")
@@ -179,10 +204,10 @@ _JOIN_COLUMNS = ("key", "language", "fingerprint", "reason", "source_rows")
 
 
 class _ReadJoinColumns(beam.DoFn):
-    """Reads the join columns of one earlier result file, each row marked with its file and place in it."""
+    """Reads the join columns of one earlier result file, each row marked with its file and place in it; yields ``(source, rows)``."""
 
-    def process(self, item: tuple[int, str]) -> Iterator[pa.Table]:
-        file, path = item
+    def process(self, item: tuple[int, str, str]) -> Iterator[tuple[str, pa.Table]]:
+        file, source, path = item
         schema, rows = layout.parquet_schema(path)
         if rows == 0 or "key" not in schema.names or "fingerprint" not in schema.names:
             return
@@ -190,14 +215,18 @@ class _ReadJoinColumns(beam.DoFn):
         if "language" not in schema.names:  # written before the column existed
             table = table.append_column("language", pa.nulls(table.num_rows, pa.string()))
         table = table.append_column("file", pa.repeat(pa.scalar(file, pa.int32()), table.num_rows))
-        yield table.append_column("row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        yield source, table.append_column("row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
 
 class _CopyRows(beam.DoFn):
-    """Copies the reused rows of one earlier file, whole, with today's ``source_rows``, a row group at a time."""
+    """Copies the reused rows of one earlier file, whole, with today's ``source_rows``, a row group at a time.
 
-    def __init__(self, paths: Sequence[str]):
+    Rows of the files numbered in ``dead_files`` (dead letters) go out on the ``reused_dead`` output.
+    """
+
+    def __init__(self, paths: Sequence[str], dead_files: Iterable[int] = ()):
         self._paths = list(paths)
+        self._dead = frozenset(dead_files)
 
     def process(self, item: tuple[int, Iterable[pa.Table]]) -> Iterator[pa.Table]:
         import pyarrow.parquet as pq
@@ -214,7 +243,8 @@ class _CopyRows(beam.DoFn):
             for group, chosen in split_by(picks, group_of):
                 start = ends[group] - parquet.metadata.row_group(group).num_rows
                 taken = parquet.read_row_group(group).take(pa.array(chosen.column("row").to_numpy() - start))
-                yield taken.set_column(taken.schema.get_field_index("source_rows"), "source_rows", chosen.column("source_rows"))
+                taken = taken.set_column(taken.schema.get_field_index("source_rows"), "source_rows", chosen.column("source_rows"))
+                yield pvalue.TaggedOutput(REUSED_DEAD, taken) if file in self._dead else taken
 
 
 def _files(directory: str | None, kind: str) -> list[str]:
@@ -256,34 +286,34 @@ class ReuseResults(beam.PTransform):
     def expand(self, groups: beam.PCollection) -> tuple[beam.PCollection, ...]:
         # Only the columns the rules read go through the join (a small share of a row's bytes); reused
         # rows are then copied whole, a row group of an earlier file at a time, not the version at once.
-        paths = {
-            name: _files(self._directories[name.partition("_")[0]], DEAD_LETTER if name.endswith("_dead") else PREDICTIONS)
+        files = [
+            (name, path)
             for name in SOURCES
-        }
-        every = [path for name in SOURCES for path in paths[name]]
-        number = {path: i for i, path in enumerate(every)}
-        bucketed = {"groups": groups | "BucketGroups" >> beam.ParDo(SplitBuckets())}
-        for name in SOURCES:
-            bucketed[name] = (
+            for path in _files(self._directories[name.partition("_")[0]], DEAD_LETTER if name.endswith("_dead") else PREDICTIONS)
+        ]
+        split_fn = _Split(self._fingerprint, self._greedy)
+        if not files:  # a first run (or --full without checkpoints): every group is to generate, nothing is shuffled
+            split = groups | "Split" >> beam.ParDo(split_fn).with_outputs(_PICKS, main="to_generate")
+        else:
+            earlier = (
                 groups.pipeline
-                | f"Files_{name}" >> beam.Create([(number[path], path) for path in paths[name]])
-                | f"Read_{name}" >> beam.ParDo(_ReadJoinColumns())
-                | f"Bucket_{name}" >> beam.ParDo(SplitBuckets(self._fingerprint))
+                | "EarlierFiles" >> beam.Create([(number, name, path) for number, (name, path) in enumerate(files)])
+                | "ReadEarlier" >> beam.ParDo(_ReadJoinColumns())
+                | "BucketEarlier" >> beam.ParDo(SplitBuckets(self._fingerprint))
             )
-        split = (
-            bucketed
-            | "JoinOnBucket" >> beam.CoGroupByKey()
-            | "Split" >> beam.ParDo(_Split(self._fingerprint, self._greedy)).with_outputs(REUSED, REUSED_DEAD, main="to_generate")
+            split = (
+                (groups | "BucketGroups" >> beam.ParDo(SplitBuckets(source="groups")), earlier)
+                | "Sides" >> beam.Flatten()
+                | "JoinOnBucket" >> beam.GroupByKey()
+                | "Split" >> beam.ParDo(split_fn).with_outputs(_PICKS, main="to_generate")
+            )
+        dead_files = [number for number, (name, _) in enumerate(files) if name.endswith("_dead")]
+        copied = (
+            split[_PICKS]
+            | "GroupByFile" >> beam.GroupByKey()
+            | "CopyRows" >> beam.ParDo(_CopyRows([path for _, path in files], dead_files)).with_outputs(REUSED_DEAD, main=REUSED)
         )
-        copied = []
-        for tag in (REUSED, REUSED_DEAD):
-            copied.append(
-                split[tag]
-                | f"ByFile_{tag}" >> beam.FlatMap(_by_file)
-                | f"GroupByFile_{tag}" >> beam.GroupByKey()
-                | f"Copy_{tag}" >> beam.ParDo(_CopyRows(every))
-            )
-        return split.to_generate, copied[0], copied[1]
+        return split.to_generate, copied[REUSED], copied[REUSED_DEAD]
 
 
 def _by_file(picks: pa.Table) -> Iterator[tuple[int, pa.Table]]:
