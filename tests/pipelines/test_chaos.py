@@ -108,7 +108,7 @@ class Watcher(threading.Thread):
             found.add("checkpoint")
         vdir = self.table / "versions" / self.version
         if vdir.exists():
-            shards = [*vdir.glob("predictions-*"), *vdir.glob("beam-temp-predictions-*/*")]
+            shards = [*vdir.glob("predictions-*"), *vdir.glob(".staging/predictions-*")]
             if any(self._new(p) for p in shards):
                 found.add("shard")
             found |= {m for m, name in (("manifest", "manifest.json"), ("report", "report.html")) if self._new(vdir / name)}

@@ -23,7 +23,6 @@ NEW = [f"new {n}" for n in range(200)]
 # Runs the job with the fake handler in a child process that SIGKILLs itself at one point.
 KILLER = """
 import os, signal, sys
-import apache_beam.io.parquetio as parquetio
 from bulkinfer.format import layout
 from bulkinfer.pipelines import cache_job
 from tests.fakes import FakeHandler
@@ -55,14 +54,14 @@ if point == "before_generation":
 elif point == "mid_generation":
     handler = KillingHandler(120)
 elif point == "mid_write":
-    written = []
-    original = parquetio._ParquetSink.write_record
-    def write_then_die(self, writer, table):
-        written.append(table.num_rows)
-        if sum(written) > 50:
+    from bulkinfer.transforms import write_version
+    original = write_version._WriteShard._write_pending
+    def write_then_die(self):  # a row group of a shard written, the file not yet closed
+        rows = self._rows
+        original(self)
+        if rows > 50:
             die()
-        return original(self, writer, table)
-    parquetio._ParquetSink.write_record = write_then_die
+    write_version._WriteShard._write_pending = write_then_die
 elif point == "between_write_and_publish":
     layout.publish = die
 cache_job.run(argv, model_handler=handler)
