@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler
 
 from bulkinfer.errors import EngineError, Reason
 from bulkinfer.format.records import METRICS_NAMESPACE, Generation, PromptRequest
+from bulkinfer.models.beam_inference import ModelHandler
 from bulkinfer.models.engine import Adapter, EngineConfig
 from bulkinfer.tasks.spec import SamplingSpec, StructuredSpec
 

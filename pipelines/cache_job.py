@@ -11,11 +11,11 @@ import logging
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bulkinfer.format import fs, layout
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, prediction_schema
+from bulkinfer.models.beam_inference import ModelHandler
 from bulkinfer.models.gemma import GEMMA_ALIAS
 from bulkinfer.models.vllm_handler import DEFAULT_MAX_BATCH_TOKENS, VLLMHandler
 from bulkinfer.pipelines.plan import TablePlan, plan_tables, runner_options

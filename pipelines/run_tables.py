@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bulkinfer.console import attach_log
@@ -25,6 +24,7 @@ from bulkinfer.format import layout
 from bulkinfer.format.lock import TableLock
 from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoints, publish_version
 from bulkinfer.lookup.match import drop_saved_claims
+from bulkinfer.models.beam_inference import ModelHandler
 from bulkinfer.models.vllm_handler import release_shared_engine
 from bulkinfer.pipelines.console_options import ConsoleOptions, counts_locally
 from bulkinfer.pipelines.plan import TablePlan, for_workers, in_process_runner, make_handler

@@ -6,10 +6,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler
 
 from bulkinfer.errors import Reason
 from bulkinfer.format.records import METRICS_NAMESPACE, Generation, PromptRequest
+from bulkinfer.models.beam_inference import ModelHandler
 
 
 class FakeModel:

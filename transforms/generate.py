@@ -6,10 +6,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindows
 
 from bulkinfer.format.records import PromptRequest
+from bulkinfer.models.beam_inference import ModelHandler, RunInference
 from bulkinfer.models.vllm_handler import BatchCutter
 from bulkinfer.transforms.engine_batch import EngineBatch
 

@@ -270,7 +270,8 @@ class _BeamVLLM:
 
     def __call__(self) -> Measure:
         import apache_beam as beam
-        from apache_beam.ml.inference.base import RunInference
+
+        from bulkinfer.models.beam_inference import RunInference
 
         args = {"max_tokens": OUTPUT_TOKENS, "temperature": 0.0, "extra_body": {"ignore_eos": True}}
         _COUNTS[self._key] = []

@@ -38,9 +38,9 @@ class StandInModel:
 def _instant_handler() -> Any:
     # Beam is imported only where the job runs, never by the CLI's import.
     from apache_beam.metrics import Metrics
-    from apache_beam.ml.inference.base import ModelHandler
 
     from bulkinfer.format.records import METRICS_NAMESPACE, Generation
+    from bulkinfer.models.beam_inference import ModelHandler
 
     class InstantHandler(ModelHandler):
         """Answers every prompt with :data:`ANSWER` for its key at once, counting generations like the real handler."""
