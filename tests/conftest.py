@@ -21,6 +21,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The engine tests first (a stable sort keeps each module's order): they are the long ones,
+    # and two workers handed them last finish one long test apart.
+    items.sort(key=lambda item: "engine" not in item.keywords)
     try:
         import torch
 
