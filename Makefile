@@ -61,7 +61,8 @@ run: install
 	  "billige flüge nach rom" "vaccin covid pharmacie" "コロナ ワクチン 予約" "新冠疫苗 接种" "ikinci el arabalar"
 
 # Two pytest worker processes (pytest-xdist), both cores busy; each starts the engines its tests
-# need (in process, a few seconds each). Measured on 2 cores: --dist load 327-330 s, loadfile 369 s,
+# need (in process, a few seconds each); the engine tests are handed out first (tests/conftest.py). Measured on 2 cores
+# (2026-11-24, before that order): --dist load 327-330 s, loadfile 369 s,
 # worksteal 361 s, loadgroup (engine tests in one worker) 418 s, serial 517 s.
 # TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 2
