@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -41,7 +42,24 @@ class _WriteShard(beam.DoFn):
         self._rows = 0
 
     def start_bundle(self) -> None:
-        self._writer, self._stream, self._pending, self._rows = None, None, [], 0
+        self._abandon()
+        self._pending, self._rows = [], 0
+
+    def teardown(self) -> None:
+        self._abandon()
+
+    def _abandon(self) -> None:
+        # A shard left open by a bundle that failed: its name never reaches the commit, so errors closing it do not matter.
+        with contextlib.suppress(Exception):
+            self._close()
+        self._writer, self._stream = None, None
+
+    def _close(self) -> None:
+        writer, stream, self._writer, self._stream = self._writer, self._stream, None, None
+        if writer is not None:
+            writer.close()
+        if stream is not None:
+            stream.close()
 
     def process(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -65,9 +83,7 @@ class _WriteShard(beam.DoFn):
         self._write_pending()
         if self._writer is None:
             return
-        self._writer.close()
-        self._stream.close()
-        self._writer, self._stream = None, None
+        self._close()
         yield WindowedValue(self._name, window.GlobalWindow().max_timestamp(), [window.GlobalWindow()])
 
 
