@@ -133,9 +133,6 @@ def _empty(earlier: Mapping[str, pa.Table | None], sources: tuple[str, str]) -> 
     return pa.table({})
 
 
-_NOTHING = ReuseSplit(pa.table({}), pa.table({}), pa.table({}), 0)
-
-
 class SplitBuckets(beam.DoFn):
     """Cuts a table with a ``key`` column into one ``(bucket, (source, rows))`` pair per key-hash bucket it touches.
 
