@@ -49,9 +49,6 @@ def render_report(table: str, version: str) -> str:
     Raises:
         TableError: the version has no manifest.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; figures only become SVG text
     vdir = layout.version_dir(table, version)
     if not fs.exists(fs.join(vdir, layout.MANIFEST)):
         raise TableError(f"{table} has no version {version!r} with a manifest")
