@@ -21,6 +21,7 @@ from bulkinfer.format.manifest import account_rows
 from bulkinfer.format.records import METRICS_NAMESPACE
 from bulkinfer.keys import KEY_VERSION
 from bulkinfer.lookup.match import match_summary
+from bulkinfer.lookup.store import rows_digest
 from bulkinfer.pipelines.plan import TablePlan
 
 if TYPE_CHECKING:  # the options class lives with the job it configures
@@ -46,15 +47,19 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
     not_sampled = (read_counter(result, "rows_not_sampled") or 0) if job.sample is not None else 0
     account = account_rows(plan.vdir, task.output_column, provenance.run_id, plan.rows_in, not_sampled, len(task.target_languages) or 1)
     rows = account.rows
-    before = None
+    answers = answers_digest(rows, task.output_column, provenance.fingerprint)
+    before, same = None, None
     if previous is not None:
         previous_dir = layout.version_dir(plan.output, previous)
-        # Churn compares outputs of the same kind: only when the published version has this output column.
-        if layout.read_manifest(previous_dir).get("output_column") == task.output_column:
+        earlier = layout.read_manifest(previous_dir)
+        if earlier.get("answers_digest") == answers:
+            same = earlier  # what depends on the answers alone (quality counts, the match summary) is carried forward
+        elif earlier.get("output_column") == task.output_column:
+            # Churn compares outputs of the same kind: only when the published version has this output column.
             before = layout.read_shards(
                 previous_dir, layout.PREDICTIONS, ["key", task.output_column, *(["language"] if task.target_languages else [])]
             )
-    measured = quality.measure(task, rows, account.dead_records, before)
+    measured = quality.measure(task, rows, account.dead_records, before, same_as=same["quality"] if same else None)
     failed = quality.failed_gates(task, measured)
     manifest = {
         "format": 1,
@@ -93,15 +98,34 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
         "languages": _language_summary(plan, job, rows, result),
         # What the match index built at publish holds: items, concepts, items several concepts claim.
         # Without fan-out the rows are the index's own: their claims are kept for the index build at publish.
-        "match": match_summary(rows, task.output_column, keep_in=None if task.target_languages else plan.vdir)
-        if task.output == "list"
-        else None,
+        "match": _match(plan, rows, same),
+        "answers_digest": answers,
         "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
         "wall_seconds": round(time.time() - started, 3),
     }
     return json.loads(json.dumps(manifest))  # exactly what readers of manifest.json will see
+
+
+def answers_digest(rows: pa.Table | None, output_column: str, fingerprint: str) -> str:
+    """The digest of what a version's quality measures and match index are made from: each row's key, language,
+    raw output, parsed output and finish reason, under the task fingerprint (the parser and examples)."""
+    import pyarrow as pa
+
+    rows = rows if rows is not None else pa.table({"key": pa.array([], pa.string())})
+    return rows_digest(rows, ["language", "raw_output", output_column, "finish_reason"], salt=f"{fingerprint}/{output_column}")
+
+
+def _match(plan: TablePlan, rows: pa.Table | None, same: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's ``match`` section: the previous version's where the answers are its own, else collected."""
+    task = plan.task
+    if task.output != "list":
+        return None
+    if same is not None and same.get("match") is not None:
+        return same["match"]
+    # Without fan-out the rows are the index's own: their claims are kept for the index build at publish.
+    return match_summary(rows, task.output_column, keep_in=None if task.target_languages else plan.vdir)
 
 
 def _language_summary(plan: TablePlan, job: CacheJobOptions, rows: pa.Table | None, result: PipelineResult) -> dict[str, Any]:

@@ -23,6 +23,9 @@ from bulkinfer.tasks.spec import TaskSpec
 
 _NO_LIMIT = 10**9
 
+ROW_COUNTS = ("empty", "echoes", "cut_off", "leak_rows", "example_leaks")
+"""The counts of rows (items, for ``example_leaks``) behind the rates :func:`measure` returns, kept in the manifest."""
+
 FAILURE_REASONS = (Reason.GENERATION_FAILED, Reason.UNPARSEABLE_OUTPUT, Reason.PROMPT_TOO_LONG)
 """Dead-letter reasons that count against ``gates.max_failed_rate``: keys the job should have answered."""
 
@@ -70,7 +73,13 @@ def example_leaks(task: TaskSpec, raw: str, key: str) -> int:
     return len(parse_output(task, raw, key).example_leaks) if task.output == "list" else 0
 
 
-def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, int], previous: pa.Table | None) -> dict[str, Any]:
+def measure(
+    task: TaskSpec,
+    rows: pa.Table | None,
+    dead_records: Mapping[str, int],
+    previous: pa.Table | None,
+    same_as: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Quality measures of a version.
 
     Args:
@@ -78,13 +87,18 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
         rows: the version's predictions (``key``, ``raw_output`` and the output column).
         dead_records: dead-letter records per reason code.
         previous: the previous published version's ``key`` and output column, if any.
+        same_as: the ``quality`` section of the previous version's manifest where this
+            version's answers are that version's (the same rows of key, language, raw
+            output, parsed output and finish reason, under the same task fingerprint):
+            its row counts are taken instead of parsing every answer again, and nothing
+            churned (``previous`` is not read).
 
     Returns:
         ``keys``, ``valid_rate``, ``failed_rate``, ``empty_rate``, ``echo_rate``,
         ``length_rate`` (rows cut off at ``max_tokens``), ``example_leak_rate`` (rows
         the parser dropped an item copying a shown example from), ``churn_rate`` (None
-        where there is nothing to measure) and the counts behind them (``example_leaks``:
-        items dropped).
+        where there is nothing to measure) and the counts behind them (:data:`ROW_COUNTS`;
+        ``example_leaks``: items dropped).
     """
     n = rows.num_rows if rows is not None else 0
     failed = dead_records.get(Reason.UNPARSEABLE_OUTPUT, 0)
@@ -95,28 +109,29 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
         "failed_rate": lost / (n + lost) if n + lost else None,
     }
     if not n:
-        return out | {
-            "empty_rate": None,
-            "echo_rate": None,
-            "length_rate": None,
-            "example_leak_rate": None,
-            "example_leaks": 0,
-            "churn_rate": None,
-            "churn_compared": 0,
-        }
-    import pyarrow.compute as pc
-
-    keys = rows.column("key").combine_chunks()
+        return (
+            out
+            | dict.fromkeys(ROW_COUNTS, 0)
+            | {
+                "empty_rate": None,
+                "echo_rate": None,
+                "length_rate": None,
+                "example_leak_rate": None,
+                "churn_rate": None,
+                "churn_compared": 0,
+            }
+        )
     outputs = rows.column(task.output_column)
-    echoes, leak_rows, leak_items = _echoes_and_leaks(task, keys, pc.fill_null(rows.column("raw_output"), "").combine_chunks())
-    cut = int(pc.sum(pc.equal(rows.column("finish_reason"), "length")).as_py() or 0) if "finish_reason" in rows.column_names else 0
-    out |= {
-        "empty_rate": _count_empty(outputs) / n,
-        "echo_rate": echoes / n,
-        "length_rate": cut / n,
-        "example_leak_rate": leak_rows / n,
-        "example_leaks": leak_items,
+    carried = same_as is not None and all(isinstance(same_as.get(name), int) for name in ROW_COUNTS)
+    counts = {name: int(same_as[name]) for name in ROW_COUNTS} if carried else _row_counts(task, rows)
+    out |= counts | {
+        "empty_rate": counts["empty"] / n,
+        "echo_rate": counts["echoes"] / n,
+        "length_rate": counts["cut_off"] / n,
+        "example_leak_rate": counts["leak_rows"] / n,
     }
+    if carried:
+        return out | {"churn_rate": 0.0, "churn_compared": n}  # the same answers for the same keys
     if previous is None or previous.num_rows == 0 or task.output_column not in previous.column_names:
         return out | {"churn_rate": None, "churn_compared": 0}
     # Fanned-out tasks have a row per key and target language: a row is compared with its own language's.
@@ -124,6 +139,16 @@ def measure(task: TaskSpec, rows: pa.Table | None, dead_records: Mapping[str, in
     on = ["key", "language"] if by_language else ["key"]
     shared, changed = _churn(rows.select(on), outputs, previous.select(on), previous.column(task.output_column))
     return out | {"churn_rate": changed / shared if shared else None, "churn_compared": shared}
+
+
+def _row_counts(task: TaskSpec, rows: pa.Table) -> dict[str, int]:
+    import pyarrow.compute as pc
+
+    keys = rows.column("key").combine_chunks()
+    echoes, leak_rows, leak_items = _echoes_and_leaks(task, keys, pc.fill_null(rows.column("raw_output"), "").combine_chunks())
+    cut = int(pc.sum(pc.equal(rows.column("finish_reason"), "length")).as_py() or 0) if "finish_reason" in rows.column_names else 0
+    empty = _count_empty(rows.column(task.output_column))
+    return {"empty": empty, "echoes": echoes, "cut_off": cut, "leak_rows": leak_rows, "example_leaks": leak_items}
 
 
 def _echoes_and_leaks(task: TaskSpec, keys: pa.Array, raws: pa.Array) -> tuple[int, int, int]:

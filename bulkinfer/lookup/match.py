@@ -38,11 +38,13 @@ automaton had to be unpickled into process memory (9-13 s and ~0.7 GiB for 1M it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mmap
 import os
 import re
+import shutil
 import sqlite3
 import struct
 import threading
@@ -463,24 +465,86 @@ def build_match_index(
             "version": version,
             "manifest_digest": manifest_digest(manifest),
             "output_column": output,
+            # What a later version with the same answers checks to carry these files forward (carry_match_index).
+            "answers_digest": manifest.get("answers_digest"),
             "trie_bytes": trie_tmp.stat().st_size,
             "claims_bytes": claims_tmp.stat().st_size,
+            "trie_sha256": _file_sha256(trie_tmp),
+            "claims_sha256": _file_sha256(claims_tmp),
             **summary.to_dict(),
         }
-        db = sqlite3.connect(sqlite_tmp)
-        try:
-            db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
-            db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, ensure_ascii=False)) for k, v in meta.items()])
-            db.commit()
-        finally:
-            db.close()
-        os.replace(trie_tmp, directory / AUTOMATON)
-        os.replace(claims_tmp, directory / CLAIMS)
-        os.replace(sqlite_tmp, directory / MATCH)
+        _install(directory, trie_tmp, claims_tmp, sqlite_tmp, meta)
     finally:
         for tmp in (trie_tmp, claims_tmp, sqlite_tmp):
             tmp.unlink(missing_ok=True)
     return summary
+
+
+def carry_match_index(
+    directory: str | os.PathLike[str], previous: str | os.PathLike[str], version: str, manifest: dict[str, Any]
+) -> MatchSummary | None:
+    """Writes a version's match index as a copy of the previous version's, where that one was built from the same answers.
+
+    The trie and the claims depend on the rows' keys, languages and answers alone: a
+    version whose ``answers_digest`` is the one the previous index records gets its files,
+    checked against the SHA-256 digests recorded with them, and metadata of its own.
+
+    Returns:
+        What the index holds; None where there is nothing to carry (no index there, another
+        output column or other answers, files damaged): the caller builds one.
+    """
+    answers = manifest.get("answers_digest")
+    try:
+        old = MatchIndex(previous)
+    except TableError:
+        return None
+    meta = old.meta
+    if not answers or meta.get("answers_digest") != answers or meta.get("output_column") != manifest.get("output_column"):
+        return None
+    if not (meta.get("trie_sha256") and meta.get("claims_sha256")):
+        return None  # an index written before the digests were recorded: nothing to check a copy against
+    from bulkinfer.lookup.store import manifest_digest
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    trie_tmp, claims_tmp = directory / f".{AUTOMATON}.{token}.tmp", directory / f".{CLAIMS}.{token}.tmp"
+    sqlite_tmp = directory / f".{MATCH}.{token}.tmp"
+    try:
+        for name, tmp, digest in ((AUTOMATON, trie_tmp, "trie_sha256"), (CLAIMS, claims_tmp, "claims_sha256")):
+            shutil.copyfile(Path(previous) / name, tmp)
+            if _file_sha256(tmp) != meta[digest]:
+                _LOG.warning("not carrying the match index of %s forward: its %s is damaged; building one", previous, name)
+                return None
+        _install(directory, trie_tmp, claims_tmp, sqlite_tmp, meta | {"version": version, "manifest_digest": manifest_digest(manifest)})
+    except OSError as e:
+        _LOG.warning("not carrying the match index of %s forward (%s); building one", previous, e)
+        return None
+    finally:
+        for tmp in (trie_tmp, claims_tmp, sqlite_tmp):
+            tmp.unlink(missing_ok=True)
+    _LOG.info("match index of version %s: the one of %s, carried forward (the same answers)", version, previous)
+    examples = tuple((e["item"], tuple(e["concepts"]), e["claimed_by"]) for e in meta["ambiguous_examples"])
+    return MatchSummary(meta["items"], meta["concepts"], meta["ambiguous_items"], examples)
+
+
+def _install(directory: Path, trie_tmp: Path, claims_tmp: Path, sqlite_tmp: Path, meta: dict[str, Any]) -> None:
+    """Writes the metadata file and renames the three files into place, the SQLite file last (it marks a complete index)."""
+    db = sqlite3.connect(sqlite_tmp)
+    try:
+        db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, ensure_ascii=False)) for k, v in meta.items()])
+        db.commit()
+    finally:
+        db.close()
+    os.replace(trie_tmp, directory / AUTOMATON)
+    os.replace(claims_tmp, directory / CLAIMS)
+    os.replace(sqlite_tmp, directory / MATCH)
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 _OFFSET = struct.Struct("<Q")
@@ -698,6 +762,11 @@ def write_match_index(table: str, version: str) -> MatchSummary | None:
     manifest = layout.read_manifest(vdir)
     if manifest.get("output_kind") != "list" or "://" in vdir:
         return None
+    previous = manifest.get("previous_version")
+    carried = carry_match_index(vdir, layout.version_dir(table, previous), version, manifest) if previous else None
+    if carried is not None:
+        drop_saved_claims(vdir)
+        return carried
     # The claims the manifest's summary collected, where it kept them: the shards are not read again.
     saved = _saved_claims(vdir, str(manifest.get("output_column", "")))
     if saved is not None:

@@ -62,14 +62,22 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def build_store(path: str | os.PathLike[str], rows: pa.Table, version: str, manifest: dict[str, Any]) -> int:
+def build_store(
+    path: str | os.PathLike[str], rows: pa.Table, version: str, manifest: dict[str, Any], previous: str | os.PathLike[str] | None = None
+) -> int:
     """Writes the store of one version to a local file, atomically (temporary file, then rename).
+
+    A rerun whose rows are the previous version's, value for value (an unchanged corpus,
+    every answer reused), would write the same B-tree again: where ``previous`` is a
+    store of that content (its metadata's ``rows_digest`` and row count match, and it
+    passes SQLite's ``quick_check``), the file is copied and only its metadata rewritten.
 
     Args:
         path: local file to write; replaced if present.
         rows: the version's prediction rows (a ``key`` column and the rest).
         version: the version name.
         manifest: the version's manifest (its digest and output column are recorded).
+        previous: the store of the version this one follows, to carry forward when it holds these very rows.
 
     Returns:
         The number of rows written.
@@ -107,35 +115,128 @@ def build_store(path: str | os.PathLike[str], rows: pa.Table, version: str, mani
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        db = sqlite3.connect(tmp)
-        try:
-            # Nothing else sees the file until the rename: no journal, no syncs.
-            db.execute("PRAGMA journal_mode = OFF")
-            db.execute("PRAGMA synchronous = OFF")
-            db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
-            db.execute("CREATE TABLE rows (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
-            encoded = [(name, json.dumps(value, ensure_ascii=False)) for name, value in meta.items()]
-            db.executemany("INSERT INTO meta VALUES (?, ?)", encoded)
-            for batch in rows.to_batches(_INSERT_BATCH):
-                keys = batch.column("key").to_pylist()
-                try:
-                    db.executemany("INSERT INTO rows VALUES (?, ?)", zip(keys, _encoded_rows(batch, varying), strict=True))
-                except sqlite3.IntegrityError as e:
-                    raise TableError(f"version {version} holds a key twice ({e}); its prediction shards are inconsistent") from e
-            db.commit()
-        finally:
-            db.close()
+        carried = previous is not None and _carry_store(Path(previous), tmp, rows, varying, meta)
+        if not carried:
+            _write_rows(tmp, rows, varying, meta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return rows.num_rows
 
 
+def _write_rows(tmp: Path, rows: pa.Table, varying: list[str], meta: dict[str, Any]) -> None:
+    """A new store file: the metadata (with the digest of the rows written) and every row, in key order."""
+    digest = _content_hash(varying, meta)
+    db = sqlite3.connect(tmp)
+    try:
+        # Nothing else sees the file until the rename: no journal, no syncs.
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+        db.execute("CREATE TABLE rows (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
+        for batch in rows.to_batches(_INSERT_BATCH):
+            keys = batch.column("key")
+            encoded = _encoded_text(batch, varying)
+            _update(digest, keys, encoded)
+            try:
+                db.executemany("INSERT INTO rows VALUES (?, ?)", zip(keys.to_pylist(), encoded.to_pylist(), strict=True))
+            except sqlite3.IntegrityError as e:
+                raise TableError(f"version {meta['version']} holds a key twice ({e}); its prediction shards are inconsistent") from e
+        values = meta | {"rows_digest": digest.hexdigest()}
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [(name, json.dumps(value, ensure_ascii=False)) for name, value in values.items()])
+        db.commit()
+    finally:
+        db.close()
+
+
+def _carry_store(previous: Path, tmp: Path, rows: pa.Table, varying: list[str], meta: dict[str, Any]) -> bool:
+    """Copies ``previous`` to ``tmp`` with this version's metadata where it holds exactly these rows; False where not."""
+    try:
+        old = Store(previous)
+    except (TableError, OSError):
+        return False  # none, or not readable as a store: build one
+    try:
+        if old.meta.get("format") != FORMAT or old.meta.get("rows") != rows.num_rows or not old.meta.get("rows_digest"):
+            return False
+        digest = _content_hash(varying, meta)
+        for batch in rows.to_batches(_INSERT_BATCH):
+            _update(digest, batch.column("key"), _encoded_text(batch, varying))
+        if digest.hexdigest() != old.meta["rows_digest"]:
+            return False
+        old.check_integrity()  # a damaged page would be copied along: never carry one forward
+    except TableError as e:
+        _LOG.warning("not carrying %s forward: %s", previous, e)
+        return False
+    finally:
+        old.close()
+    shutil.copyfile(previous, tmp)
+    db = sqlite3.connect(tmp)
+    try:
+        encoded = [(name, json.dumps(value, ensure_ascii=False)) for name, value in meta.items()]
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", encoded)
+        db.commit()
+    finally:
+        db.close()
+    _LOG.info("store of version %s: the rows of %s, carried forward", meta["version"], previous)
+    return True
+
+
+def rows_digest(rows: pa.Table, columns: list[str], salt: str = "") -> str:
+    """A SHA-256 digest of the values of ``columns`` in every row, whatever order the rows come in.
+
+    The rows are read in (key, language) order and their values hashed as the store encodes
+    them (:func:`_encoded_text`), a batch at a time. The job records it in the manifest, so
+    that a rerun can tell that its answers are the previous version's.
+
+    Args:
+        rows: a version's rows, one per key (and language) and with a ``key`` column.
+        columns: the columns to digest besides the key (those absent count as all null).
+        salt: hashed first: what else the digest stands for (a fingerprint, a format).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    digest = hashlib.sha256(json.dumps([salt, columns]).encode())
+    order = ["key", *(["language"] if "language" in rows.column_names else [])]
+    present = [name for name in columns if name in rows.column_names]
+    rows = rows.select(list(dict.fromkeys([*order, *present])))
+    rows = rows.take(pc.sort_indices(rows, [(name, "ascending") for name in order]))
+    for batch in rows.to_batches(_INSERT_BATCH):
+        for name in columns:
+            if name not in present:
+                batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
+        _update(digest, batch.column("key"), _encoded_text(batch, columns))
+    return digest.hexdigest()
+
+
+def _content_hash(varying: list[str], meta: dict[str, Any]) -> Any:
+    """A hash over what a store holds besides its version: its columns, constants and (fed by :func:`_update`) rows."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([FORMAT, varying, meta["constants"], meta["output_column"], meta["output_kind"]], sort_keys=True).encode())
+    return digest
+
+
+def _update(digest: Any, keys: pa.Array, encoded: pa.Array) -> None:
+    """Feeds a batch of rows to a hash: each key as a JSON string, then its encoded values (JSON texts are self-delimiting)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(keys):
+        return
+    text = pc.binary_join_element_wise(json_strings(keys), encoded.cast(pa.string()), "").cast(pa.large_binary())
+    _, offsets, data = text.buffers()
+    ends = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
+    digest.update(memoryview(data)[int(ends[0]) : int(ends[-1])])
+
+
 def write_store(table: str, version: str) -> str:
     """Builds a version's store from its Parquet shards into the version directory; returns its path.
 
     The job calls this before it publishes; ``bulkinfer export store`` calls it for
-    versions published before stores existed. Local and remote tables alike.
+    versions published before stores existed. Local and remote tables alike; a local
+    version whose rows are those of the version it follows gets that version's store
+    carried forward (:func:`build_store`).
 
     Raises:
         TableError: the version is incomplete or has no prediction shards.
@@ -147,7 +248,9 @@ def write_store(table: str, version: str) -> str:
     rows = read_lookup_rows(vdir, manifest)
     target = fs.join(vdir, STORE)
     if "://" not in target:
-        build_store(target, rows, version, manifest)
+        previous = manifest.get("previous_version")
+        before = fs.join(layout.version_dir(table, previous), STORE) if previous else None
+        build_store(target, rows, version, manifest, previous=before if before and os.path.exists(before) else None)
         return target
     with tempfile.TemporaryDirectory(prefix="bulkinfer-store-") as tmp:
         local = Path(tmp) / STORE
@@ -305,18 +408,17 @@ class Store:
             db.close()
 
 
-def _encoded_rows(batch: pa.RecordBatch, columns: list[str]) -> list[bytes]:
-    """Each row's values of ``columns`` as the JSON array ``orjson.dumps`` writes (the same bytes), built
-    by column in Arrow: strings, integers, booleans and lists of strings; columns of other types are
-    dumped value by value."""
+def _encoded_text(batch: pa.RecordBatch, columns: list[str]) -> pa.Array:
+    """Each row's values of ``columns`` as the JSON array ``orjson.dumps`` writes (the same bytes), a binary
+    array built by column in Arrow: strings, integers, booleans and lists of strings; columns of other types
+    are dumped value by value."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if not columns:
-        return [b"[]"] * batch.num_rows
+        return pa.array([b"[]"] * batch.num_rows, pa.binary())
     literals = [_json_column(batch.column(name)) for name in columns]
-    text = pc.binary_join_element_wise("[", *_interleave(literals, ","), "]", "")
-    return text.cast(pa.binary()).to_pylist()
+    return pc.binary_join_element_wise("[", *_interleave(literals, ","), "]", "").cast(pa.binary())
 
 
 def _interleave(values: list[Any], separator: str) -> list[Any]:

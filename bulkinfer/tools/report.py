@@ -249,12 +249,14 @@ def _churn(table: str, manifest: dict[str, Any], rows: pa.Table | None, output_c
     previous = manifest.get("previous_version")
     if not previous or rows is None:
         return '<p class="muted">no previous version to compare with</p>'
-    previous_dir = layout.version_dir(table, previous)
-    before = _read_rows(previous_dir, layout.PREDICTIONS, ["key", output_column]) if fs.exists(previous_dir) else None
     summary = (
         f"<p>churn rate {_e(quality.get('churn_rate'))} over {_e(quality.get('churn_compared', 0))} keys present in both "
         f"(previous version {_e(previous)})</p>"
     )
+    if quality.get("churn_rate") == 0 and quality.get("churn_compared"):
+        return summary + "<p>no answer changed</p>"  # measured so: no need to read and join the previous version
+    previous_dir = layout.version_dir(table, previous)
+    before = _read_rows(previous_dir, layout.PREDICTIONS, ["key", output_column]) if fs.exists(previous_dir) else None
     if before is None or output_column not in before.column_names:
         return summary + '<p class="muted">the previous version is gone or has another output column</p>'
     import pyarrow as pa

@@ -68,6 +68,11 @@ def test_measure_rates_and_churn():
         "example_leaks": 2,
         "churn_rate": 0.5,
         "churn_compared": 2,
+        # The counts behind the rates, kept in the manifest for a rerun with the same answers.
+        "empty": 2,
+        "echoes": 1,
+        "cut_off": 1,
+        "leak_rows": 1,
     }
 
 

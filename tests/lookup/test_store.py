@@ -182,7 +182,7 @@ def test_rows_are_encoded_by_column_exactly_as_orjson_encodes_them():
     """Strings needing escapes, Unicode, nulls everywhere, lists with null items, integers, booleans and a float column."""
     import orjson
 
-    from bulkinfer.lookup.store import _encoded_rows
+    from bulkinfer.lookup.store import _encoded_text
 
     rows = pa.table(
         {
@@ -197,5 +197,5 @@ def test_rows_are_encoded_by_column_exactly_as_orjson_encodes_them():
     columns = rows.column_names
     for batch in (rows.to_batches()[0], rows.to_batches()[0].slice(3)):
         expected = [orjson.dumps(values) for values in zip(*(batch.column(c).to_pylist() for c in columns), strict=True)]
-        assert _encoded_rows(batch, columns) == expected
-    assert _encoded_rows(rows.to_batches()[0], []) == [b"[]"] * rows.num_rows
+        assert _encoded_text(batch, columns).to_pylist() == expected
+    assert _encoded_text(rows.to_batches()[0], []).to_pylist() == [b"[]"] * rows.num_rows

@@ -200,3 +200,116 @@ def test_kill_between_writing_and_publishing_leaves_the_old_version_published(tm
     assert rerun["version"] == "r2" and rerun["counts"]["reused"] == 20
     assert rerun["counts"]["generated"] == 0 and rerun["counts"]["resumed_from_checkpoints"] == 10
     assert layout.read_current(str(table)) == "r2" and len(open_table(str(table))) == 30
+
+
+def _fresh_lookup_files(table: str, version: str, into: Path) -> tuple[dict, dict]:
+    """The store and match index of a version built from its shards, as a first publish builds them: (store, index)."""
+    import sqlite3
+
+    from bulkinfer.lookup.match import AUTOMATON, CLAIMS, MATCH, build_match_index
+    from bulkinfer.lookup.store import build_store
+    from bulkinfer.lookup.union import read_lookup_rows
+
+    vdir = layout.version_dir(table, version)
+    manifest = layout.read_manifest(vdir)
+    rows = read_lookup_rows(vdir, manifest)
+    build_store(into / "store.sqlite", rows, version, manifest)
+    build_match_index(into, rows, version, manifest)
+    return _lookup_files(into, sqlite3, (AUTOMATON, CLAIMS, MATCH))
+
+
+def _lookup_files(directory: Path, sqlite3, names: tuple[str, ...]) -> tuple[dict, dict]:
+    def meta(path: Path) -> dict:
+        db = sqlite3.connect(path)
+        try:
+            return dict(db.execute("SELECT name, value FROM meta"))
+        finally:
+            db.close()
+
+    db = sqlite3.connect(directory / "store.sqlite")
+    try:
+        store = {"meta": meta(directory / "store.sqlite"), "rows": list(db.execute("SELECT k, v FROM rows ORDER BY k"))}
+    finally:
+        db.close()
+    index = {"meta": meta(directory / names[2]), **{name: (directory / name).read_bytes() for name in names[:2]}}
+    return store, index
+
+
+def _carried(caplog) -> set[str]:
+    return {what for what in ("store", "match index") if f"{what} of version r2" in caplog.text and "carried forward" in caplog.text}
+
+
+def test_unchanged_rerun_carries_store_index_and_quality_forward_as_a_fresh_build_would_make_them(tmp_path, caplog):
+    import sqlite3
+
+    from bulkinfer.format import quality
+    from bulkinfer.format.manifest import account_rows
+    from bulkinfer.lookup.match import AUTOMATON, CLAIMS, MATCH
+    from bulkinfer.tasks.spec import task_from_dict
+
+    table = str(tmp_path / "table")
+    first = _job(tmp_path, KEYS, "r1")
+    with caplog.at_level("INFO"):
+        again = _job(tmp_path, KEYS, "r2")
+    assert again["counts"]["generated"] == 0 and again["answers_digest"] == first["answers_digest"]
+    assert "store of version r2: the rows of" in caplog.text and "match index of version r2: the one of" in caplog.text
+    # What was carried is what the rows make: quality counts measured again, lookup files built again.
+    vdir = layout.version_dir(table, "r2")
+    task = task_from_dict(again["task_spec"])
+    account = account_rows(vdir, task.output_column, "r2", len(KEYS), 0)
+    measured = quality.measure(task, account.rows, account.dead_records, None)
+    assert {name: again["quality"][name] for name in quality.ROW_COUNTS} == {name: measured[name] for name in quality.ROW_COUNTS}
+    assert again["quality"]["churn_rate"] == 0.0 and again["quality"]["churn_compared"] == len(KEYS)
+    assert again["match"] == first["match"] and again["match"]["items"] > 0
+    (tmp_path / "fresh").mkdir()
+    assert _lookup_files(Path(vdir), sqlite3, (AUTOMATON, CLAIMS, MATCH)) == _fresh_lookup_files(table, "r2", tmp_path / "fresh")
+    assert open_table(table).get("query 5")["run_id"] == "r1"
+
+
+def test_rerun_with_new_row_counts_builds_its_store_but_keeps_the_index_of_the_same_answers(tmp_path, caplog):
+    import sqlite3
+
+    from bulkinfer.lookup.match import AUTOMATON, CLAIMS, MATCH
+
+    table = str(tmp_path / "table")
+    _job(tmp_path, KEYS, "r1")
+    with caplog.at_level("INFO"):
+        again = _job(tmp_path, KEYS + KEYS[:10], "r2")  # ten keys twice as common: source_rows changes, the answers do not
+    assert "store of version r2" not in caplog.text and "match index of version r2: the one of" in caplog.text
+    assert open_table(table).get("query 3")["source_rows"] == 2
+    assert again["quality"]["churn_rate"] == 0.0
+    (tmp_path / "fresh").mkdir()
+    vdir = Path(layout.version_dir(table, "r2"))
+    assert _lookup_files(vdir, sqlite3, (AUTOMATON, CLAIMS, MATCH)) == _fresh_lookup_files(table, "r2", tmp_path / "fresh")
+
+
+def test_new_answers_are_never_served_from_the_files_of_the_old_ones(tmp_path, caplog):
+    table = str(tmp_path / "table")
+    _job(tmp_path, KEYS, "r1")
+    with caplog.at_level("INFO"):
+        changed = _job(tmp_path, KEYS, "r2", "--full", handler=FakeHandler(answers={"query 1": " another answer"}))
+    assert "carried forward" not in caplog.text
+    assert changed["quality"]["churn_rate"] == pytest.approx(1 / len(KEYS))
+    assert open_table(table).get("query 1")["synonyms"] == ["another answer"]
+    assert open_table(table).match("another answer")["matches"][0]["concept"] == "query 1"
+
+
+def test_a_damaged_previous_index_or_store_is_rebuilt_not_carried(tmp_path, caplog):
+    from bulkinfer.lookup.match import CLAIMS
+
+    table = str(tmp_path / "table")
+    _job(tmp_path, KEYS, "r1")
+    old = Path(layout.version_dir(table, "r1"))
+    claims = bytearray((old / CLAIMS).read_bytes())
+    claims[-2] ^= 0xFF  # same size, other bytes: only the recorded digest tells
+    (old / CLAIMS).write_bytes(bytes(claims))
+    store = bytearray((old / "store.sqlite").read_bytes())
+    store[-100:] = b"\xff" * 100  # the last page overwritten in place
+    (old / "store.sqlite").write_bytes(bytes(store))
+    with caplog.at_level("INFO"):
+        _job(tmp_path, KEYS, "r2")
+    assert "its match.claims is damaged" in caplog.text and "not carrying" in caplog.text
+    assert "carried forward" not in caplog.text
+    served = open_table(table)
+    assert served.version == "r2" and served.get("query 7")["synonyms"]
+    assert served.match(served.get("query 7")["synonyms"][0])["matches"][0]["concept"] == "query 7"

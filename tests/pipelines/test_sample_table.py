@@ -28,4 +28,9 @@ def test_the_sample_corpus_gives_the_table_the_row_by_row_stages_gave(tmp_path):
     assert sorted(dead, key=lambda r: (r["reason"], r["key"] or "", r["row"] or "")) == expected["dead_letters"]
     assert manifest["counts"] == expected["counts"]
     assert manifest["dead_letter_reasons"] == expected["dead_letter_reasons"]
-    assert manifest["quality"] == expected["quality"]
+    quality = manifest["quality"]
+    assert {name: quality[name] for name in expected["quality"]} == expected["quality"]
+    # The counts the manifest keeps beside the rates (stored after the row-by-row stages) agree with them.
+    rates = {"empty": "empty_rate", "echoes": "echo_rate", "cut_off": "length_rate", "leak_rows": "example_leak_rate"}
+    assert {name: round(quality[name] / quality["keys"], 4) for name in rates} == {name: quality[rate] for name, rate in rates.items()}
+    assert quality["echoes"] == 1 and quality["keys"] == 24
