@@ -8,7 +8,6 @@ versions deleted. The caller holds the table's lock (:class:`bulkinfer.format.lo
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bulkinfer.errors import GateError
@@ -73,11 +72,8 @@ def publish_version(table: str, version: str, keep: int) -> list[str]:
         The names of the versions pruned.
     """
     # Lookups open the version's store, not its Parquet: build it while readers still see the previous version.
-    # The two builds share nothing and spend much of their time outside the GIL (SQLite, Arrow): side by side.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkinfer-store") as pool:
-        store = pool.submit(write_store, table, version)
-        write_match_index(table, version)
-        store.result()
+    write_store(table, version)
+    write_match_index(table, version)
     # The files must still read and hold what the manifest counts: CURRENT never names a damaged version.
     layout.verify_version(table, version)
     layout.publish(table, version)
