@@ -97,7 +97,6 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
         "key_normalizer": KEY_VERSION,
         "languages": _language_summary(plan, job, rows, result),
         # What the match index built at publish holds: items, concepts, items several concepts claim.
-        # Without fan-out the rows are the index's own: their claims are kept for the index build at publish.
         "match": _match(plan, rows, same),
         "answers_digest": answers,
         "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},

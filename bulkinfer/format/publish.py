@@ -72,6 +72,8 @@ def publish_version(table: str, version: str, keep: int) -> list[str]:
         The names of the versions pruned.
     """
     # Lookups open the version's store, not its Parquet: build it while readers still see the previous version.
+    # One after the other: side by side (threads) they took 16.9 s instead of 23.7 at 1M rows, but
+    # raised the run's peak RSS from 1.6 to 2.4 GB, past the pipeline's own peak.
     write_store(table, version)
     write_match_index(table, version)
     # The files must still read and hold what the manifest counts: CURRENT never names a damaged version.
