@@ -445,10 +445,7 @@ def build_match_index(
         raise TableError(f"version {version} has {claims.num_rows} distinct items; a match index holds at most {_MAX_ITEMS}")
     summary = _summarise_table(claims)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    trie_tmp, claims_tmp = directory / f".{AUTOMATON}.{token}.tmp", directory / f".{CLAIMS}.{token}.tmp"
-    sqlite_tmp = directory / f".{MATCH}.{token}.tmp"
+    trie_tmp, claims_tmp, sqlite_tmp = _temporaries(directory)
     try:
         items = claims.column("item").to_pylist()
         # One trie level instead of marisa's default three: 11 MiB instead of 7 per 1M items, and
@@ -506,10 +503,7 @@ def carry_match_index(
     from bulkinfer.lookup.store import manifest_digest
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    trie_tmp, claims_tmp = directory / f".{AUTOMATON}.{token}.tmp", directory / f".{CLAIMS}.{token}.tmp"
-    sqlite_tmp = directory / f".{MATCH}.{token}.tmp"
+    trie_tmp, claims_tmp, sqlite_tmp = _temporaries(directory)
     try:
         for name, tmp, digest in ((AUTOMATON, trie_tmp, "trie_sha256"), (CLAIMS, claims_tmp, "claims_sha256")):
             shutil.copyfile(Path(previous) / name, tmp)
@@ -526,6 +520,13 @@ def carry_match_index(
     _LOG.info("match index of version %s: the one of %s, carried forward (the same answers)", version, previous)
     examples = tuple((e["item"], tuple(e["concepts"]), e["claimed_by"]) for e in meta["ambiguous_examples"])
     return MatchSummary(meta["items"], meta["concepts"], meta["ambiguous_items"], examples)
+
+
+def _temporaries(directory: Path) -> tuple[Path, Path, Path]:
+    """Temporary names in ``directory`` (created if needed) for the trie, the claims and the SQLite file of an index."""
+    directory.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    return tuple(directory / f".{name}.{token}.tmp" for name in (AUTOMATON, CLAIMS, MATCH))  # type: ignore[return-value]
 
 
 def _install(directory: Path, trie_tmp: Path, claims_tmp: Path, sqlite_tmp: Path, meta: dict[str, Any]) -> None:

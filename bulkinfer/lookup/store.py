@@ -200,12 +200,19 @@ def rows_digest(rows: pa.Table, columns: list[str], salt: str = "") -> str:
     order = ["key", *(["language"] if "language" in rows.column_names else [])]
     present = [name for name in columns if name in rows.column_names]
     rows = rows.select(list(dict.fromkeys([*order, *present])))
-    rows = rows.take(pc.sort_indices(rows, [(name, "ascending") for name in order]))
+    ordered = pc.sort_indices(rows, [(name, "ascending") for name in order])
+    # Each row's text in the order the rows come in (a batch at a time), then fed to the hash in key
+    # order: memory holds one binary column, not a sorted copy of the rows.
+    texts = []
     for batch in rows.to_batches(_INSERT_BATCH):
         for name in columns:
             if name not in present:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
-        _update(digest, batch.column("key"), _encoded_text(batch, columns))
+        texts.append(_row_text(batch.column("key"), _encoded_text(batch, columns)))
+    text = pa.chunked_array(texts, pa.large_binary()).combine_chunks()
+    del texts
+    for start in range(0, len(ordered), _INSERT_BATCH):
+        _feed(digest, text.take(ordered.slice(start, _INSERT_BATCH)))
     return digest.hexdigest()
 
 
@@ -217,14 +224,24 @@ def _content_hash(varying: list[str], meta: dict[str, Any]) -> Any:
 
 
 def _update(digest: Any, keys: pa.Array, encoded: pa.Array) -> None:
-    """Feeds a batch of rows to a hash: each key as a JSON string, then its encoded values (JSON texts are self-delimiting)."""
-    import numpy as np
+    """Feeds a batch of rows to a hash (:func:`_row_text`)."""
+    _feed(digest, _row_text(keys, encoded))
+
+
+def _row_text(keys: pa.Array, encoded: pa.Array) -> pa.Array:
+    """Each row as hashed: its key as a JSON string, then its encoded values (JSON texts are self-delimiting)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not len(keys):
+    return pc.binary_join_element_wise(json_strings(keys), encoded.cast(pa.string()), "").cast(pa.large_binary())
+
+
+def _feed(digest: Any, text: pa.Array) -> None:
+    """Feeds the bytes of a large binary array's values to a hash, in order."""
+    import numpy as np
+
+    if not len(text):
         return
-    text = pc.binary_join_element_wise(json_strings(keys), encoded.cast(pa.string()), "").cast(pa.large_binary())
     _, offsets, data = text.buffers()
     ends = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
     digest.update(memoryview(data)[int(ends[0]) : int(ends[-1])])
