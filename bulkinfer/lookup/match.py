@@ -140,6 +140,12 @@ class MatchSummary:
     """Up to five ambiguous items (most concepts first, then by item), each with its first ten
     concepts in rank order and how many concepts claim it."""
 
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> MatchSummary:
+        """The summary :meth:`to_dict` wrote (a manifest's ``match`` section, or an index's metadata)."""
+        examples = tuple((e["item"], tuple(e["concepts"]), e["claimed_by"]) for e in section["ambiguous_examples"])
+        return cls(section["items"], section["concepts"], section["ambiguous_items"], examples)
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``match`` section."""
         return {
@@ -462,7 +468,7 @@ def build_match_index(
             "version": version,
             "manifest_digest": manifest_digest(manifest),
             "output_column": output,
-            # What a later version with the same answers checks to carry these files forward (carry_match_index).
+            # What a later version with the same answers checks to carry these files forward (_carry_match_index).
             "answers_digest": manifest.get("answers_digest"),
             "trie_bytes": trie_tmp.stat().st_size,
             "claims_bytes": claims_tmp.stat().st_size,
@@ -477,7 +483,7 @@ def build_match_index(
     return summary
 
 
-def carry_match_index(
+def _carry_match_index(
     directory: str | os.PathLike[str], previous: str | os.PathLike[str], version: str, manifest: dict[str, Any]
 ) -> MatchSummary | None:
     """Writes a version's match index as a copy of the previous version's, where that one was built from the same answers.
@@ -518,8 +524,7 @@ def carry_match_index(
         for tmp in (trie_tmp, claims_tmp, sqlite_tmp):
             tmp.unlink(missing_ok=True)
     _LOG.info("match index of version %s: the one of %s, carried forward (the same answers)", version, previous)
-    examples = tuple((e["item"], tuple(e["concepts"]), e["claimed_by"]) for e in meta["ambiguous_examples"])
-    return MatchSummary(meta["items"], meta["concepts"], meta["ambiguous_items"], examples)
+    return MatchSummary.from_dict(meta)
 
 
 def _temporaries(directory: Path) -> tuple[Path, Path, Path]:
@@ -764,7 +769,7 @@ def write_match_index(table: str, version: str) -> MatchSummary | None:
     if manifest.get("output_kind") != "list" or "://" in vdir:
         return None
     previous = manifest.get("previous_version")
-    carried = carry_match_index(vdir, layout.version_dir(table, previous), version, manifest) if previous else None
+    carried = _carry_match_index(vdir, layout.version_dir(table, previous), version, manifest) if previous else None
     if carried is not None:
         drop_saved_claims(vdir)
         return carried
