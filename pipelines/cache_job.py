@@ -159,7 +159,9 @@ def _build(
 
     columns = [job.query_column, *plan.fields, *([job.language_column] if job.language_column else [])]
     rows = count(pipeline | "ReadQueries" >> ReadQueries(plan.input, list(dict.fromkeys(columns))), "rows_read")
-    groups, bad_rows = rows | "NormalizeKeys" >> NormalizeKeys(job.query_column, plan.fields, provenance, job.language_column)
+    spill = layout.spill_dir(plan.vdir)
+    normalize = NormalizeKeys(job.query_column, plan.fields, provenance, job.language_column, spill=spill)
+    groups, bad_rows = rows | "NormalizeKeys" >> normalize
     groups = count(groups, "keys")
     if job.sample is not None:
         groups = groups | "SampleKeys" >> SampleKeys(job.sample)
@@ -171,7 +173,7 @@ def _build(
     # A --full run regenerates everything, but still resumes its own killed attempt.
     reuse_checkpoints = checkpoints if job.full else fs.join(plan.output, layout.CHECKPOINTS, "*")
     greedy = task.sampling.temperature == 0.0
-    reuse = ReuseResults(provenance.fingerprint, greedy, reuse_from, reuse_checkpoints)
+    reuse = ReuseResults(provenance.fingerprint, greedy, reuse_from, reuse_checkpoints, spill=spill)
     to_generate, reused, reused_dead = groups | "ReuseResults" >> reuse
     to_generate = count(to_generate, "to_generate")
     reused, reused_dead = count(reused, "reused"), count(reused_dead, "reused", "reused_dead")
@@ -185,9 +187,12 @@ def _build(
     bad_outputs = bad_outputs | "CheckpointDeadLetters" >> CheckpointResults(
         checkpoints, layout.DEAD_LETTER, DEAD_LETTER_SCHEMA, job.checkpoint_rows
     )
-    predictions = (generated, reused) | "Predictions" >> beam.Flatten()
-    dead = count((bad_rows, bad_outputs, reused_dead) | "DeadLetters" >> beam.Flatten(), "dead_lettered")
-    _ = (predictions, dead) | "WriteVersion" >> WriteVersion(plan.vdir, schema)
+    # No Flatten in front of the writer: the in-process runner would hold every row of the version in memory.
+    dead = tuple(
+        count(collection, "dead_lettered", f"{label}_dead_lettered")
+        for label, collection in (("bad_rows", bad_rows), ("bad_outputs", bad_outputs), ("reused_dead", reused_dead))
+    )
+    _ = ((generated, reused), dead) | "WriteVersion" >> WriteVersion(plan.vdir, schema)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bulkinfer.console import attach_log
 from bulkinfer.errors import ConfigError, GateError
-from bulkinfer.format import layout
+from bulkinfer.format import fs, layout
 from bulkinfer.format.lock import TableLock
 from bulkinfer.format.publish import check_gates, clear_leftovers, drop_checkpoints, publish_version
 from bulkinfer.lookup.match import drop_saved_claims
@@ -133,8 +133,13 @@ def _run_table(
         reuse_from = None if job.full or previous is None else layout.version_dir(staged.output, previous)
         pipeline = test_pipeline or beam.Pipeline(runner=in_process_runner(options), options=options)
         build(pipeline, job, staged, handler, reuse_from, progress_dir)
-        result = pipeline.run()
-        result.wait_until_finish()
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        finally:  # what the shuffles carried by name; a failed run's leftovers go with clear_leftovers too
+            spill = layout.spill_dir(plan.vdir)
+            if fs.exists(spill):
+                fs.delete([spill])
         manifest = summarise(plan, job, result, started, previous)
         layout.write_manifest(plan.vdir, manifest)
         record_run(plan, manifest, progress_dir, options)

@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 from bulkinfer.format.records import DEAD_LETTER_SCHEMA, METRICS_NAMESPACE, Provenance, field_column
 from bulkinfer.keys import normalize_keys
 from bulkinfer.tasks.languages import normalize_language
+from bulkinfer.transforms.spill import SpillWriter, read_spilled
 
 KEY_BUCKETS = 64
 """Buckets the keys are spread over by a stable hash, so the merge of spellings is one element per bucket, not per key."""
@@ -107,9 +108,11 @@ class KeyTable(beam.DoFn):
     """Keys a table of corpus rows; yields ``(bucket, spellings)`` pairs and a table of dead letters.
 
     ``spellings`` holds, for every (key, language) of the table in that bucket, its
-    row count and best-ranked spelling (with its template columns); rows without a
-    usable query go to the ``dead`` output, one table of dead-letter rows per input
-    table, each with the reason :class:`KeyRow` gives it.
+    row count and best-ranked spelling (with its template columns); with ``spill``, a
+    bundle's spellings are written to files there and ``spellings`` is a file's name
+    (:mod:`bulkinfer.transforms.spill`). Rows without a usable query go to the ``dead``
+    output, one table of dead-letter rows per input table, each with the reason
+    :class:`KeyRow` gives it.
     """
 
     def __init__(
@@ -119,9 +122,12 @@ class KeyTable(beam.DoFn):
         provenance: Provenance,
         language_column: str | None = None,
         buckets: int = KEY_BUCKETS,
+        spill: str | None = None,
     ):
         from bulkinfer.transforms.normalize_keys import KeyRow
 
+        self._spill = spill
+        self._writer = SpillWriter(spill)
         self._query_column = query_column
         self._fields = tuple(fields)
         self._language_column = language_column
@@ -129,6 +135,12 @@ class KeyTable(beam.DoFn):
         # The per-row rules, for the rows that become dead letters (their reasons and messages) and odd column types.
         self._row = KeyRow(query_column, fields, provenance, language_column)
         self._unrecognised = Metrics.counter(METRICS_NAMESPACE, "language_values_unrecognised")
+
+    def start_bundle(self) -> None:
+        self._writer = SpillWriter(self._spill)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self._writer.finish()
 
     def process(self, table: pa.Table) -> Iterator[Any]:
         n = table.num_rows
@@ -213,7 +225,8 @@ class KeyTable(beam.DoFn):
         columns |= {field_column(name): table.column(name) for name in self._fields}
         rows = pa.table(columns)
         merged = merge_spellings(rows.append_column("rows", pa.array(np.ones(rows.num_rows, np.int64))), by_language=True)
-        yield from split_by(merged, key_buckets(merged.column("key"), self._buckets))
+        for bucket, spellings in split_by(merged, key_buckets(merged.column("key"), self._buckets)):
+            yield from self._writer.add(bucket, spellings)
 
     def _fields_rank(self, table: pa.Table) -> pa.Array:
         if not self._fields:
@@ -248,8 +261,7 @@ class ToGroups(beam.DoFn):
         self._fields = tuple(fields)
 
     def process(self, item: tuple[int, Any]) -> Iterator[pa.Table]:
-        _, tables = item
-        spellings = pa.concat_tables(list(tables), promote_options="permissive")
+        spellings = pa.concat_tables(read_spilled(item[1]), promote_options="permissive")
         by_language = merge_spellings(spellings, by_language=True)
         best = merge_spellings(by_language, by_language=False)
         votes = _commonest_language(by_language)

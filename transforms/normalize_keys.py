@@ -141,14 +141,24 @@ class NormalizeKeys(beam.PTransform):
     null or unrecognised value do not vote, and a key with no vote keeps ``None``.
     """
 
-    def __init__(self, query_column: str, fields: Sequence[str], provenance: Provenance, language_column: str | None = None):
+    def __init__(
+        self,
+        query_column: str,
+        fields: Sequence[str],
+        provenance: Provenance,
+        language_column: str | None = None,
+        spill: str | None = None,
+    ):
         """Args:
         query_column: the column holding the query text.
         fields: other columns the prompt template reads.
         provenance: provenance columns for dead-letter rows.
         language_column: the column holding each row's language code, if any.
+        spill: a directory where the key buckets wait for their merge, so the shuffle carries file names
+            (:mod:`bulkinfer.transforms.spill`); None: the tables cross the shuffle themselves.
         """
         super().__init__()
+        self._spill = spill
         self._query_column = query_column
         self._fields = fields
         self._provenance = provenance
@@ -157,7 +167,7 @@ class NormalizeKeys(beam.PTransform):
     def expand(self, tables: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         from bulkinfer.transforms.key_tables import KeyTable, ToGroups
 
-        key_table = KeyTable(self._query_column, self._fields, self._provenance, self._language_column)
+        key_table = KeyTable(self._query_column, self._fields, self._provenance, self._language_column, spill=self._spill)
         keyed = tables | "KeyRows" >> beam.ParDo(key_table).with_outputs(DEAD, main="keyed")
         groups = keyed.keyed | "MergeSpellings" >> beam.GroupByKey() | "ToGroups" >> beam.ParDo(ToGroups(self._fields))
         return groups, keyed[DEAD]

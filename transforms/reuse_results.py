@@ -13,12 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from bulkinfer.errors import Reason
 from bulkinfer.format import fs, layout
 from bulkinfer.format.layout import DEAD_LETTER, PREDICTIONS
 from bulkinfer.format.records import METRICS_NAMESPACE
 from bulkinfer.transforms.key_tables import KEY_BUCKETS, key_buckets, split_by
+from bulkinfer.transforms.spill import SpillWriter, read_spilled
 
 REUSED = "reused"
 REUSED_DEAD = "reused_dead"
@@ -136,13 +138,24 @@ def _empty(earlier: Mapping[str, pa.Table | None], sources: tuple[str, str]) -> 
 class SplitBuckets(beam.DoFn):
     """Cuts a table with a ``key`` column into one ``(bucket, (source, rows))`` pair per key-hash bucket it touches.
 
-    Takes ``(source, table)``, or a bare table of ``source`` when one is given.
+    Takes ``(source, table)``, or a bare table of ``source`` when one is given. With
+    ``spill``, ``rows`` is the name of a file holding them (:mod:`bulkinfer.transforms.spill`).
     """
 
-    def __init__(self, fingerprint: str | None = None, source: str | None = None, buckets: int = KEY_BUCKETS):
+    def __init__(self, fingerprint: str | None = None, source: str | None = None, buckets: int = KEY_BUCKETS, spill: str | None = None):
         self._fingerprint = fingerprint
         self._source = source
         self._buckets = buckets
+        self._spill = spill
+        self._writer = SpillWriter(spill)
+
+    def start_bundle(self) -> None:
+        self._writer = SpillWriter(self._spill)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for spilled in self._writer.finish():
+            (bucket, source), rows = spilled.value
+            yield spilled.with_value((bucket, (source, rows)))
 
     def process(self, item: pa.Table | tuple[str, pa.Table]) -> Iterator[tuple[int, tuple[str, pa.Table]]]:
         source, table = (self._source, item) if self._source is not None else item
@@ -153,7 +166,8 @@ class SplitBuckets(beam.DoFn):
         if table.num_rows == 0:
             return
         for bucket, rows in split_by(table, key_buckets(table.column("key"), self._buckets)):
-            yield bucket, (source, rows)
+            for (spilled_bucket, spilled_source), spilled in self._writer.add((bucket, source), rows):
+                yield spilled_bucket, (spilled_source, spilled)
 
 
 class _Split(beam.DoFn):
@@ -162,13 +176,23 @@ class _Split(beam.DoFn):
     Takes ``(bucket, [(source, table), ...])`` (the source ``"groups"`` or one of
     :data:`SOURCES`), or a bare key-group table when there are no earlier results.
     Yields the groups to generate; the places of reused rows go out per earlier file,
-    as ``(file, picks)`` on the ``picks`` output, for :class:`_CopyRows`.
+    as ``(file, picks)`` on the ``picks`` output, for :class:`_CopyRows` (with ``spill``,
+    ``picks`` is a file's name). Tables of the input may be file names of :class:`SplitBuckets`.
     """
 
-    def __init__(self, fingerprint: str, greedy: bool):
+    def __init__(self, fingerprint: str, greedy: bool, spill: str | None = None):
         self._fingerprint = fingerprint
         self._greedy = greedy
+        self._spill = spill
+        self._writer = SpillWriter(spill)
         self._resumed = Metrics.counter(METRICS_NAMESPACE, "resumed_from_checkpoints")
+
+    def start_bundle(self) -> None:
+        self._writer = SpillWriter(self._spill)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for spilled in self._writer.finish():
+            yield pvalue.TaggedOutput(_PICKS, spilled)
 
     def process(self, item: pa.Table | tuple[int, Iterable[tuple[str, pa.Table]]]) -> Iterator[Any]:
         if isinstance(item, pa.Table):  # nothing earlier to join with
@@ -177,7 +201,7 @@ class _Split(beam.DoFn):
             return
         tables: dict[str, list[pa.Table]] = {}
         for source, table in item[1]:
-            tables.setdefault(source, []).append(table)
+            tables.setdefault(source, []).extend(read_spilled([table]))
         # No groups: only earlier results, whose keys left the corpus, so they leave the table too.
         if not tables.get("groups"):
             return
@@ -190,7 +214,8 @@ class _Split(beam.DoFn):
         for picks in (split.reused, split.reused_dead):
             if picks.num_rows:
                 for file, rows in _by_file(picks):
-                    yield pvalue.TaggedOutput(_PICKS, (file, rows))
+                    for spilled in self._writer.add(file, rows):
+                        yield pvalue.TaggedOutput(_PICKS, spilled)
 
 
 _PICKS = "picks"
@@ -201,18 +226,25 @@ _JOIN_COLUMNS = ("key", "language", "fingerprint", "reason", "source_rows")
 
 
 class _ReadJoinColumns(beam.DoFn):
-    """Reads the join columns of one earlier result file, each row marked with its file and place in it; yields ``(source, rows)``."""
+    """Reads the join columns of one earlier result file, a row group at a time, each row marked with its file and place in
+    it; yields ``(source, rows)``."""
 
     def process(self, item: tuple[int, str, str]) -> Iterator[tuple[str, pa.Table]]:
         file, source, path = item
-        schema, rows = layout.parquet_schema(path)
-        if rows == 0 or "key" not in schema.names or "fingerprint" not in schema.names:
-            return
-        table = layout.read_parquet(path, [c for c in _JOIN_COLUMNS if c in schema.names])
-        if "language" not in schema.names:  # written before the column existed
-            table = table.append_column("language", pa.nulls(table.num_rows, pa.string()))
-        table = table.append_column("file", pa.repeat(pa.scalar(file, pa.int32()), table.num_rows))
-        yield source, table.append_column("row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        # Memory holds one row group's join columns, not the file's: a version may be one large file.
+        with _parquet_file(path) as parquet:
+            names = parquet.schema_arrow.names
+            if parquet.metadata.num_rows == 0 or "key" not in names or "fingerprint" not in names:
+                return
+            columns = [c for c in _JOIN_COLUMNS if c in names]
+            start = 0
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=columns)
+                if "language" not in names:  # written before the column existed
+                    table = table.append_column("language", pa.nulls(table.num_rows, pa.string()))
+                table = table.append_column("file", pa.repeat(pa.scalar(file, pa.int32()), table.num_rows))
+                yield source, table.append_column("row", pa.array(np.arange(start, start + table.num_rows, dtype=np.int64)))
+                start += table.num_rows
 
 
 class _CopyRows(beam.DoFn):
@@ -225,16 +257,13 @@ class _CopyRows(beam.DoFn):
         self._paths = list(paths)
         self._dead = frozenset(dead_files)
 
-    def process(self, item: tuple[int, Iterable[pa.Table]]) -> Iterator[pa.Table]:
-        import pyarrow.parquet as pq
-
+    def process(self, item: tuple[int, Iterable[pa.Table | str]]) -> Iterator[pa.Table]:
         file, picks = item
-        picks = pa.concat_tables(list(picks)).sort_by("row")
+        picks = pa.concat_tables(read_spilled(picks)).sort_by("row")
         rows = picks.column("row").to_numpy()
         path = self._paths[file]
         # Memory holds one row group of the file, not the file: a version may be one large file.
-        with contextlib.ExitStack() as stack:
-            parquet = pq.ParquetFile(path if "://" not in path else stack.enter_context(layout.open_binary(path)))
+        with _parquet_file(path) as parquet:
             ends = np.cumsum([parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
             group_of = np.searchsorted(ends, rows, side="right")
             for group, chosen in split_by(picks, group_of):
@@ -242,6 +271,18 @@ class _CopyRows(beam.DoFn):
                 taken = parquet.read_row_group(group).take(pa.array(chosen.column("row").to_numpy() - start))
                 taken = taken.set_column(taken.schema.get_field_index("source_rows"), "source_rows", chosen.column("source_rows"))
                 yield pvalue.TaggedOutput(REUSED_DEAD, taken) if file in self._dead else taken
+
+
+@contextlib.contextmanager
+def _parquet_file(path: str) -> Iterator[Any]:
+    """A ``pyarrow.parquet.ParquetFile`` of a local or remote file, to read a row group at a time."""
+    import pyarrow.parquet as pq
+
+    if "://" not in path:
+        yield pq.ParquetFile(path)
+        return
+    with layout.open_binary(path) as stream:
+        yield pq.ParquetFile(stream)
 
 
 def _files(directory: str | None, kind: str) -> list[str]:
@@ -268,14 +309,17 @@ class ReuseResults(beam.PTransform):
     reused_predictions, reused_dead_letters)``, all tables.
     """
 
-    def __init__(self, fingerprint: str, greedy: bool, published: str | None, checkpoints: str):
+    def __init__(self, fingerprint: str, greedy: bool, published: str | None, checkpoints: str, spill: str | None = None):
         """Args:
         fingerprint: this run's fingerprint (``Provenance.fingerprint``).
         greedy: whether the task samples at temperature 0 (same prompt, same answer).
         published: the published version's directory to reuse from, or None (first run, ``--full``).
         checkpoints: the checkpoint directory (or glob of directories) to resume from.
+        spill: a directory where the buckets and picks wait for their shuffle, so it carries file names
+            (:mod:`bulkinfer.transforms.spill`); None: the tables cross the shuffles themselves.
         """
         super().__init__()
+        self._spill = spill
         self._fingerprint = fingerprint
         self._greedy = greedy
         self._directories = {"previous": published, "checkpoint": checkpoints}
@@ -288,7 +332,7 @@ class ReuseResults(beam.PTransform):
             for name in SOURCES
             for path in _files(self._directories[name.partition("_")[0]], DEAD_LETTER if name.endswith("_dead") else PREDICTIONS)
         ]
-        split_fn = _Split(self._fingerprint, self._greedy)
+        split_fn = _Split(self._fingerprint, self._greedy, self._spill)
         if not files:  # a first run (or --full without checkpoints): every group is to generate, nothing is shuffled
             split = groups | "Split" >> beam.ParDo(split_fn).with_outputs(_PICKS, main="to_generate")
         else:
@@ -296,10 +340,10 @@ class ReuseResults(beam.PTransform):
                 groups.pipeline
                 | "EarlierFiles" >> beam.Create([(number, name, path) for number, (name, path) in enumerate(files)])
                 | "ReadEarlier" >> beam.ParDo(_ReadJoinColumns())
-                | "BucketEarlier" >> beam.ParDo(SplitBuckets(self._fingerprint))
+                | "BucketEarlier" >> beam.ParDo(SplitBuckets(self._fingerprint, spill=self._spill))
             )
             split = (
-                (groups | "BucketGroups" >> beam.ParDo(SplitBuckets(source="groups")), earlier)
+                (groups | "BucketGroups" >> beam.ParDo(SplitBuckets(source="groups", spill=self._spill)), earlier)
                 | "Sides" >> beam.Flatten()
                 | "JoinOnBucket" >> beam.GroupByKey()
                 | "Split" >> beam.ParDo(split_fn).with_outputs(_PICKS, main="to_generate")

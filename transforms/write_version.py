@@ -24,6 +24,10 @@ ROW_GROUP_ROWS = 65_536
 """Rows buffered into one Parquet row group: a writer holds at most this many (plus one incoming table)."""
 
 
+PCollections = beam.PCollection | tuple[beam.PCollection, ...]
+"""One PCollection of tables, or several written alike."""
+
+
 class _WriteShard(beam.DoFn):
     """Writes the tables of one bundle to one Parquet file in the staging directory; yields the file's name.
 
@@ -124,6 +128,8 @@ class _CommitShards(beam.DoFn):
 class WriteVersion(beam.PTransform):
     """Writes tables of prediction and dead-letter rows as ``predictions-*.parquet`` and ``dead_letter-*.parquet`` into a version directory.
 
+    Applied to ``(predictions, dead)``, each one PCollection of tables or a tuple of them.
+
     Each bundle writes its rows to one file in a staging directory (a row group per
     :data:`ROW_GROUP_ROWS` rows, so memory holds a row group, not the bundle); once
     every bundle has committed, one step moves the committed files into place, the
@@ -142,18 +148,25 @@ class WriteVersion(beam.PTransform):
         self._vdir = vdir
         self._schema = prediction_schema
 
-    def expand(self, tables: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
-        predictions, dead = tables
+    def expand(self, tables: tuple[PCollections, PCollections]) -> beam.PCollection:
+        predictions, dead = (_as_tuple(side) for side in tables)
         staging = fs.join(self._vdir, STAGING)
         schemas = {PREDICTIONS: self._schema, DEAD_LETTER: DEAD_LETTER_SCHEMA}
-        written = (
-            predictions | "WritePredictions" >> beam.ParDo(_WriteShard(staging, PREDICTIONS, self._schema)),
-            dead | "WriteDeadLetters" >> beam.ParDo(_WriteShard(staging, DEAD_LETTER, DEAD_LETTER_SCHEMA)),
-        )
-        names = written | "Shards" >> beam.Flatten()
+        # Each input written where it is made, no Flatten first: Beam's in-process runner holds a Flatten's
+        # whole input in memory before the step after it runs, and this would be every row of the version.
+        written = [
+            collection | f"Write{kind.title().replace('_', '')}{number or ''}" >> beam.ParDo(_WriteShard(staging, kind, schemas[kind]))
+            for kind, collections in ((PREDICTIONS, predictions), (DEAD_LETTER, dead))
+            for number, collection in enumerate(collections)
+        ]
+        names = written | "Shards" >> beam.Flatten(pipeline=predictions[0].pipeline)
         # Once, after every shard, even when there were none (then both kinds get an empty file).
         return (
-            predictions.pipeline
+            predictions[0].pipeline
             | "Once" >> beam.Create([None])
             | "Commit" >> beam.ParDo(_CommitShards(self._vdir, staging, schemas), committed=beam.pvalue.AsList(names))
         )
+
+
+def _as_tuple(side: PCollections) -> tuple[beam.PCollection, ...]:
+    return side if isinstance(side, tuple) else (side,)

@@ -34,6 +34,7 @@ CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions"
 DEAD_LETTER = "dead_letter"
+SPILL = ".spill"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -66,6 +67,12 @@ def version_dir(table: str, version: str) -> str:
         TableError: ``version`` is not a version name.
     """
     return fs.join(table, "versions", check_version_name(version))
+
+
+def spill_dir(vdir: str) -> str:
+    """Where a run's pipeline leaves the tables its shuffles carry by name (``bulkinfer.transforms.spill``): a
+    directory in the version directory, deleted when the pipeline ends."""
+    return fs.join(vdir, SPILL)
 
 
 def checkpoint_dir(table: str, run_id: str) -> str:

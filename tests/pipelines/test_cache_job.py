@@ -47,7 +47,7 @@ def test_publishes_a_versioned_table(tmp_path):
     assert manifest["dead_letter_reasons"] == {"empty_query": 3, "null_query": 1}
     assert manifest["task"] == "synonyms" and manifest["model"] == "fake-model" and manifest["run_id"] == "r1"
 
-    rows = pq.read_table(next(vdir.glob("predictions-*.parquet"))).to_pylist()
+    rows = pq.read_table(sorted(vdir.glob("predictions-*.parquet"))).to_pylist()
     assert len(rows) == 3
     for row in rows:
         assert row["run_id"] == "r1" and row["model"] == "fake-model" and row["task"] == "synonyms"
@@ -57,7 +57,7 @@ def test_publishes_a_versioned_table(tmp_path):
     assert by_key["covid vaccine"]["synonyms"] == ["covid vaccine alt", "other covid vaccine"]
     assert by_key["covid vaccine"]["raw_output"] == " covid vaccine alt, other covid vaccine"
 
-    dead = pq.read_table(next(vdir.glob("dead_letter-*.parquet"))).to_pylist()
+    dead = pq.read_table(sorted(vdir.glob("dead_letter-*.parquet"))).to_pylist()
     assert len(dead) == 4
     assert all(d["reason"] and d["message"] and d["row"] and d["run_id"] == "r1" for d in dead)
 
@@ -80,7 +80,7 @@ def test_prompt_too_long_and_unparseable_are_dead_lettered_per_key(tmp_path):
     assert manifest["counts"]["rows_in_table"] == 2 and manifest["counts"]["keys"] == 1
     assert manifest["dead_letter_reasons"] == {"prompt_too_long": 1, "unparseable_output": 1}
     assert open_table(str(tmp_path / "table")).get("LEMON")["label"] == "hesperidium"
-    dead = {d["key"]: d for d in pq.read_table(next((tmp_path / "table").glob("versions/*/dead_letter-*.parquet"))).to_pylist()}
+    dead = {d["key"]: d for d in pq.read_table(sorted((tmp_path / "table").glob("versions/*/dead_letter-*.parquet"))).to_pylist()}
     assert dead["plum"]["raw_output"] == " not a fruit type" and dead["plum"]["stage"] == "parse_predictions"
     assert dead["banana split"]["stage"] == "generate"
 

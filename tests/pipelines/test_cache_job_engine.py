@@ -101,7 +101,7 @@ def test_several_lora_adapters_one_engine_one_table_each(in_process, tiny_model,
     base = _predictions(base_out)
     assert tables["lora0"].keys() == tables["lora1"].keys() == base.keys()
     assert tables["lora0"] != base and tables["lora1"] != base and tables["lora0"] != tables["lora1"]
-    rows = pq.read_table(next((out / "lora1").glob("versions/v1/predictions-*.parquet"))).to_pylist()
+    rows = pq.read_table(sorted((out / "lora1").glob("versions/v1/predictions-*.parquet"))).to_pylist()
     assert rows and {(r["adapter"], len(r["adapter_digest"])) for r in rows} == {("lora1", 16)}
     assert first["adapter_path"] == str(tiny_loras[0]) and first["task_fingerprint"] != second["task_fingerprint"]
 

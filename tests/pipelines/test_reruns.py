@@ -313,3 +313,23 @@ def test_a_damaged_previous_index_or_store_is_rebuilt_not_carried(tmp_path, capl
     served = open_table(table)
     assert served.version == "r2" and served.get("query 7")["synonyms"]
     assert served.match(served.get("query 7")["synonyms"][0])["matches"][0]["concept"] == "query 7"
+
+
+class _DyingHandler(FakeHandler):
+    def run_inference(self, batch, model, inference_args=None):
+        raise RuntimeError("the engine died mid-run")
+
+
+def test_the_files_the_shuffles_carried_are_gone_after_a_run_and_after_a_failed_one(tmp_path, monkeypatch):
+    from bulkinfer.transforms import spill
+
+    monkeypatch.setattr(spill, "FLUSH_ROWS", 16)  # many files per bucket
+    _job(tmp_path, KEYS, "r1")
+    second = _job(tmp_path, [k.upper() for k in KEYS[1:]] + ["one more"], "r2")
+    assert second["counts"]["generated"] == 1 and second["counts"]["reused"] == 199
+    versions = tmp_path / "table" / "versions"
+    assert not list(versions.glob(f"*/{layout.SPILL}")), "a run left its spill directory behind"
+    with pytest.raises(Exception, match="the engine died mid-run"):
+        _job(tmp_path, KEYS + ["two more"], "r3", handler=_DyingHandler())
+    assert (versions / "r3").exists() and not (versions / "r3" / layout.SPILL).exists()
+    assert layout.read_current(str(tmp_path / "table")) == "r2"
