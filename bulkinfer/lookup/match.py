@@ -50,6 +50,7 @@ import struct
 import threading
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -453,15 +454,17 @@ def build_match_index(
     directory = Path(directory)
     trie_tmp, claims_tmp, sqlite_tmp = _temporaries(directory)
     try:
-        items = claims.column("item").to_pylist()
+        items = claims.column("item")
         # One trie level instead of marisa's default three: 11 MiB instead of 7 per 1M items, and
-        # each prefix walk of a phrase match ~15% faster (fewer levels to descend).
-        trie = marisa_trie.Trie(items, num_tries=1)
+        # each prefix walk of a phrase match ~15% faster (fewer levels to descend). The items go in as
+        # Python strings a slice at a time, never all at once (+300 MB at 4M items).
+        trie = marisa_trie.Trie(_item_strings(items), num_tries=1)
         # The trie numbers its keys in its own order: the claims file is laid out by that number.
+        ids = np.fromiter((trie.key_id(item) for item in _item_strings(items)), np.int64, len(items))
         by_id = np.empty(len(items), np.int64)
-        by_id[np.fromiter(map(trie.key_id, items), np.int64, len(items))] = np.arange(len(items))
+        by_id[ids] = np.arange(len(items))
         trie.save(str(trie_tmp))
-        del trie, items
+        del trie, ids
         _write_claims(claims_tmp, _claims_json(claims).take(pa.array(by_id)))
         meta = {
             "format": FORMAT,
@@ -481,6 +484,12 @@ def build_match_index(
         for tmp in (trie_tmp, claims_tmp, sqlite_tmp):
             tmp.unlink(missing_ok=True)
     return summary
+
+
+def _item_strings(items: pa.ChunkedArray | pa.Array, slice_rows: int = 1 << 16) -> Iterator[str]:
+    """The items as Python strings, converted a slice at a time."""
+    for start in range(0, len(items), slice_rows):
+        yield from items.slice(start, slice_rows).to_pylist()
 
 
 def _carry_match_index(
