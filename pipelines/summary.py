@@ -21,7 +21,7 @@ from bulkinfer.format.manifest import account_rows
 from bulkinfer.format.records import METRICS_NAMESPACE
 from bulkinfer.keys import KEY_VERSION
 from bulkinfer.lookup.match import match_summary
-from bulkinfer.lookup.store import rows_digest
+from bulkinfer.lookup.store import RowsDigest
 from bulkinfer.pipelines.plan import TablePlan
 
 if TYPE_CHECKING:  # the options class lives with the job it configures
@@ -45,20 +45,26 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
     """
     task, provenance = plan.task, plan.provenance
     not_sampled = (read_counter(result, "rows_not_sampled") or 0) if job.sample is not None else 0
-    account = account_rows(plan.vdir, task.output_column, provenance.run_id, plan.rows_in, not_sampled, len(task.target_languages) or 1)
-    rows = account.rows
-    answers = answers_digest(rows, task.output_column, provenance.fingerprint)
-    before, same = None, None
+    # The answers are hashed first, a row group at a time: a version with the previous version's answers carries its
+    # quality counts and match summary forward and never holds more of its rows than the accounting reads.
+    answers = answers_digest(plan.vdir, task.output_column, provenance.fingerprint)
+    before, same, earlier = None, None, None
     if previous is not None:
         previous_dir = layout.version_dir(plan.output, previous)
         earlier = layout.read_manifest(previous_dir)
-        if earlier.get("answers_digest") == answers:
+        carries = quality.carries(earlier.get("quality")) and (task.output != "list" or earlier.get("match") is not None)
+        if earlier.get("answers_digest") == answers and carries:
             same = earlier  # what depends on the answers alone (quality counts, the match summary) is carried forward
-        elif earlier.get("output_column") == task.output_column:
-            # Churn compares outputs of the same kind: only when the published version has this output column.
-            before = layout.read_shards(
-                previous_dir, layout.PREDICTIONS, ["key", task.output_column, *(["language"] if task.target_languages else [])]
-            )
+    answer_columns = [] if same else [task.output_column, "raw_output", "finish_reason"]
+    account = account_rows(
+        plan.vdir, task.output_column, provenance.run_id, plan.rows_in, not_sampled, len(task.target_languages) or 1, answer_columns
+    )
+    rows = account.rows
+    if same is None and earlier is not None and earlier.get("output_column") == task.output_column:
+        # Churn compares outputs of the same kind: only when the published version has this output column.
+        before = layout.read_shards(
+            previous_dir, layout.PREDICTIONS, ["key", task.output_column, *(["language"] if task.target_languages else [])]
+        )
     measured = quality.measure(task, rows, account.dead_records, before, same_as=same["quality"] if same else None)
     failed = quality.failed_gates(task, measured)
     manifest = {
@@ -107,13 +113,15 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
     return json.loads(json.dumps(manifest))  # exactly what readers of manifest.json will see
 
 
-def answers_digest(rows: pa.Table | None, output_column: str, fingerprint: str) -> str:
+def answers_digest(vdir: str, output_column: str, fingerprint: str) -> str:
     """The digest of what a version's quality measures and match index are made from: each row's key, language,
-    raw output, parsed output and finish reason, under the task fingerprint (the parser and examples)."""
-    import pyarrow as pa
-
-    rows = rows if rows is not None else pa.table({"key": pa.array([], pa.string())})
-    return rows_digest(rows, ["language", "raw_output", output_column, "finish_reason"], salt=f"{fingerprint}/{output_column}")
+    raw output, parsed output and finish reason, under the task fingerprint (the parser and examples); read from its
+    prediction shards a row group at a time (:class:`bulkinfer.lookup.store.RowsDigest`)."""
+    columns = ["language", "raw_output", output_column, "finish_reason"]
+    digest = RowsDigest(columns, salt=f"{fingerprint}/{output_column}")
+    for batch in layout.iter_shard_batches(vdir, layout.PREDICTIONS, ["key", *columns]):
+        digest.update(batch)
+    return digest.hexdigest()
 
 
 def _match(plan: TablePlan, rows: pa.Table | None, same: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -232,7 +231,7 @@ class _ReadJoinColumns(beam.DoFn):
     def process(self, item: tuple[int, str, str]) -> Iterator[tuple[str, pa.Table]]:
         file, source, path = item
         # Memory holds one row group's join columns, not the file's: a version may be one large file.
-        with _parquet_file(path) as parquet:
+        with layout.parquet_file(path) as parquet:
             names = parquet.schema_arrow.names
             if parquet.metadata.num_rows == 0 or "key" not in names or "fingerprint" not in names:
                 return
@@ -263,7 +262,7 @@ class _CopyRows(beam.DoFn):
         rows = picks.column("row").to_numpy()
         path = self._paths[file]
         # Memory holds one row group of the file, not the file: a version may be one large file.
-        with _parquet_file(path) as parquet:
+        with layout.parquet_file(path) as parquet:
             ends = np.cumsum([parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
             group_of = np.searchsorted(ends, rows, side="right")
             for group, chosen in split_by(picks, group_of):
@@ -271,18 +270,6 @@ class _CopyRows(beam.DoFn):
                 taken = parquet.read_row_group(group).take(pa.array(chosen.column("row").to_numpy() - start))
                 taken = taken.set_column(taken.schema.get_field_index("source_rows"), "source_rows", chosen.column("source_rows"))
                 yield pvalue.TaggedOutput(REUSED_DEAD, taken) if file in self._dead else taken
-
-
-@contextlib.contextmanager
-def _parquet_file(path: str) -> Iterator[Any]:
-    """A ``pyarrow.parquet.ParquetFile`` of a local or remote file, to read a row group at a time."""
-    import pyarrow.parquet as pq
-
-    if "://" not in path:
-        yield pq.ParquetFile(path)
-        return
-    with layout.open_binary(path) as stream:
-        yield pq.ParquetFile(stream)
 
 
 def _files(directory: str | None, kind: str) -> list[str]:

@@ -16,10 +16,12 @@ and only after the version it names is complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -242,6 +244,28 @@ def read_shards(vdir: str, kind: str, columns: list[str] | None = None) -> pa.Ta
 
     parts = [read_parquet(path, columns) for path in shard_paths(vdir, kind)]
     return pa.concat_tables(parts) if parts else None
+
+
+@contextlib.contextmanager
+def parquet_file(path: str) -> Iterator[Any]:
+    """A ``pyarrow.parquet.ParquetFile`` of a local or remote file, to read a row group at a time."""
+    import pyarrow.parquet as pq
+
+    if "://" not in path:
+        yield pq.ParquetFile(path)
+        return
+    with open_binary(path) as stream:
+        yield pq.ParquetFile(stream)
+
+
+def iter_shard_batches(vdir: str, kind: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of every shard of one kind in a version, a row group at a time: memory holds one row group, not the
+    version. ``columns`` a shard lacks are left out of its batches."""
+    for path in shard_paths(vdir, kind):
+        with parquet_file(path) as parquet:
+            present = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
+            for group in range(parquet.num_row_groups):
+                yield from parquet.read_row_group(group, columns=present, use_threads="://" not in path).to_batches()
 
 
 def list_versions(table: str) -> list[tuple[str, dict[str, Any]]]:

@@ -8,6 +8,7 @@ the quality gates measure.
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,10 @@ _BEFORE_FAN_OUT = "normalize_keys"
 """The stage of dead letters written before keys fan out into target languages (one per input row)."""
 
 
+ACCOUNT_COLUMNS = ("key", "source_rows", "run_id", "language")
+"""The prediction columns the row accounting reads."""
+
+
 class AccountingError(RuntimeError):
     """The rows of a written version do not add up to the input: a bug, never published."""
 
@@ -30,7 +35,7 @@ class RowAccount:
     """Where the input rows of one version went."""
 
     rows: pa.Table | None
-    """The version's prediction rows (key, output column, raw output, source rows, run id, language, finish reason); None without any."""
+    """The version's prediction rows (:data:`ACCOUNT_COLUMNS` and the columns asked for); None without any."""
     keys: int
     """Prediction rows (one per key)."""
     rows_in_table: int
@@ -56,7 +61,15 @@ class RowAccount:
         return self.fanned_out_dead if self.target_languages > 1 else sum(self.dead_rows.values())
 
 
-def account_rows(vdir: str, output_column: str, run_id: str, rows_in: int, not_sampled: int, target_languages: int = 1) -> RowAccount:
+def account_rows(
+    vdir: str,
+    output_column: str,
+    run_id: str,
+    rows_in: int,
+    not_sampled: int,
+    target_languages: int = 1,
+    columns: Sequence[str] | None = None,
+) -> RowAccount:
     """Reads a written version's shards and checks that its rows add up to the input.
 
     With fan-out (``target_languages`` > 1) a key is asked once per target language, so
@@ -71,14 +84,17 @@ def account_rows(vdir: str, output_column: str, run_id: str, rows_in: int, not_s
         rows_in: rows in the corpus.
         not_sampled: rows ``--sample`` left out on purpose.
         target_languages: prompts per key (the task's target languages), 1 without fan-out.
+        columns: what else of the prediction rows to read into ``RowAccount.rows`` besides the
+            columns the accounting reads (:data:`ACCOUNT_COLUMNS`); None: the output column, raw
+            output and finish reason, what the quality measures read.
 
     Raises:
         AccountingError: rows behind keys + dead-lettered + left out != rows in.
     """
     import pyarrow.compute as pc
 
-    columns = ["key", output_column, "raw_output", "source_rows", "run_id", "language", "finish_reason"]
-    rows = layout.read_shards(vdir, layout.PREDICTIONS, columns)
+    extra = [output_column, "raw_output", "finish_reason"] if columns is None else list(columns)
+    rows = layout.read_shards(vdir, layout.PREDICTIONS, list(dict.fromkeys([*ACCOUNT_COLUMNS, *extra])))
     dead = layout.read_shards(vdir, layout.DEAD_LETTER, ["reason", "source_rows", "run_id", "stage", "key"])
     if target_languages > 1:
         return _account_fanned_out(rows, dead, run_id, rows_in, not_sampled, target_languages, vdir)

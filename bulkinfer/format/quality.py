@@ -84,7 +84,8 @@ def measure(
 
     Args:
         task: the task spec.
-        rows: the version's predictions (``key``, ``raw_output`` and the output column).
+        rows: the version's predictions (``key``, ``raw_output``, ``finish_reason`` and the output
+            column; with ``same_as``, only how many there are is read).
         dead_records: dead-letter records per reason code.
         previous: the previous published version's ``key`` and output column, if any.
         same_as: the ``quality`` section of the previous version's manifest where this
@@ -121,8 +122,7 @@ def measure(
                 "churn_compared": 0,
             }
         )
-    outputs = rows.column(task.output_column)
-    carried = same_as is not None and all(isinstance(same_as.get(name), int) for name in ROW_COUNTS)
+    carried = carries(same_as)
     counts = {name: int(same_as[name]) for name in ROW_COUNTS} if carried else _row_counts(task, rows)
     out |= counts | {
         "empty_rate": counts["empty"] / n,
@@ -137,8 +137,13 @@ def measure(
     # Fanned-out tasks have a row per key and target language: a row is compared with its own language's.
     by_language = bool(task.target_languages) and "language" in rows.column_names and "language" in previous.column_names
     on = ["key", "language"] if by_language else ["key"]
-    shared, changed = _churn(rows.select(on), outputs, previous.select(on), previous.column(task.output_column))
+    shared, changed = _churn(rows.select(on), rows.column(task.output_column), previous.select(on), previous.column(task.output_column))
     return out | {"churn_rate": changed / shared if shared else None, "churn_compared": shared}
+
+
+def carries(same_as: Mapping[str, Any] | None) -> bool:
+    """Whether a previous version's ``quality`` section holds the row counts that :func:`measure` carries forward."""
+    return same_as is not None and all(isinstance(same_as.get(name), int) for name in ROW_COUNTS)
 
 
 def _row_counts(task: TaskSpec, rows: pa.Table) -> dict[str, int]:

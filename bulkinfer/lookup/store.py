@@ -21,6 +21,7 @@ store built or downloaded once into a local cache (:func:`open_store`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -69,8 +70,8 @@ def build_store(
 
     A rerun whose rows are the previous version's, value for value (an unchanged corpus,
     every answer reused), would write the same B-tree again: where ``previous`` is a
-    store of that content (its metadata's ``rows_digest`` and row count match, and it
-    passes SQLite's ``quick_check``), the file is copied and only its metadata rewritten.
+    store of that content (:func:`carry_store`), the file is copied and only its metadata
+    rewritten.
 
     Args:
         path: local file to write; replaced if present.
@@ -89,6 +90,8 @@ def build_store(
 
     if "key" not in rows.column_names:
         raise TableError(f"version {version} has no key column; columns: {', '.join(rows.column_names)}")
+    if previous is not None and carry_store(path, previous, rows.to_batches(_INSERT_BATCH), rows.num_rows, version, manifest):
+        return rows.num_rows
     keys = rows.column("key")
     if rows.num_rows > 1 and not pc.all(pc.less(keys[:-1], keys[1:])).as_py():
         rows = rows.take(pc.sort_indices(rows, [("key", "ascending")]))  # B-tree pages fill completely in key order
@@ -101,32 +104,39 @@ def build_store(
             constants[name] = rows.column(name)[0].as_py()
         else:
             varying.append(name)
-    meta = {
+    meta = _base_meta(version, manifest, rows.num_rows) | {"columns": varying, "constants": constants}
+    with _replacing(path) as tmp:
+        _write_rows(tmp, rows, varying, meta)
+    return rows.num_rows
+
+
+def _base_meta(version: str, manifest: dict[str, Any], rows: int) -> dict[str, Any]:
+    return {
         "format": FORMAT,
         "version": version,
         "manifest_digest": manifest_digest(manifest),
         "output_column": manifest.get("output_column"),
         "output_kind": manifest.get("output_kind"),
-        "rows": rows.num_rows,
-        "columns": varying,
-        "constants": constants,
+        "rows": rows,
     }
+
+
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it when the block ends well, and is removed when not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        carried = previous is not None and _carry_store(Path(previous), tmp, rows, varying, meta)
-        if not carried:
-            _write_rows(tmp, rows, varying, meta)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return rows.num_rows
 
 
 def _write_rows(tmp: Path, rows: pa.Table, varying: list[str], meta: dict[str, Any]) -> None:
     """A new store file: the metadata (with the digest of the rows written) and every row, in key order."""
-    digest = _content_hash(varying, meta)
+    digest = _store_digest(varying, meta)
     db = sqlite3.connect(tmp)
     try:
         # Nothing else sees the file until the rename: no journal, no syncs.
@@ -137,7 +147,7 @@ def _write_rows(tmp: Path, rows: pa.Table, varying: list[str], meta: dict[str, A
         for batch in rows.to_batches(_INSERT_BATCH):
             keys = batch.column("key")
             encoded = _encoded_text(batch, varying)
-            _update(digest, keys, encoded)
+            digest.update_encoded(keys, encoded)
             try:
                 db.executemany("INSERT INTO rows VALUES (?, ?)", zip(keys.to_pylist(), encoded.to_pylist(), strict=True))
             except sqlite3.IntegrityError as e:
@@ -149,102 +159,126 @@ def _write_rows(tmp: Path, rows: pa.Table, varying: list[str], meta: dict[str, A
         db.close()
 
 
-def _carry_store(previous: Path, tmp: Path, rows: pa.Table, varying: list[str], meta: dict[str, Any]) -> bool:
-    """Copies ``previous`` to ``tmp`` with this version's metadata where it holds exactly these rows; False where not."""
-    try:
-        old = Store(previous)
-    except (TableError, OSError):
-        return False  # none, or not readable as a store: build one
-    try:
-        if old.meta.get("format") != FORMAT or old.meta.get("rows") != rows.num_rows or not old.meta.get("rows_digest"):
-            return False
-        digest = _content_hash(varying, meta)
-        for batch in rows.to_batches(_INSERT_BATCH):
-            _update(digest, batch.column("key"), _encoded_text(batch, varying))
-        if digest.hexdigest() != old.meta["rows_digest"]:
-            return False
-        old.check_integrity()  # a damaged page would be copied along: never carry one forward
-    except TableError as e:
-        _LOG.warning("not carrying %s forward: %s", previous, e)
-        return False
-    finally:
-        old.close()
-    shutil.copyfile(previous, tmp)
-    db = sqlite3.connect(tmp)
-    try:
-        encoded = [(name, json.dumps(value, ensure_ascii=False)) for name, value in meta.items()]
-        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", encoded)
-        db.commit()
-    finally:
-        db.close()
-    _LOG.info("store of version %s: the rows of %s, carried forward", meta["version"], previous)
-    return True
+def carry_store(
+    path: str | os.PathLike[str],
+    previous: str | os.PathLike[str],
+    batches: Iterable[pa.RecordBatch],
+    rows: int,
+    version: str,
+    manifest: dict[str, Any],
+) -> bool:
+    """Writes ``path`` as a copy of ``previous`` with this version's metadata, where ``previous`` holds exactly these rows.
 
+    The rows come a batch at a time, in any order (a version's shards a row group at a
+    time: memory for one batch): ``previous`` must be a readable store of this format
+    and output with as many rows, whose constant columns every row here repeats and
+    whose other columns hash, as the store encodes them, to its recorded ``rows_digest``
+    (:class:`RowsDigest`); and it must pass SQLite's ``quick_check`` (a damaged page is
+    never carried forward).
 
-def rows_digest(rows: pa.Table, columns: list[str], salt: str = "") -> str:
-    """A SHA-256 digest of the values of ``columns`` in every row, whatever order the rows come in.
-
-    The rows are read in (key, language) order and their values hashed as the store encodes
-    them (:func:`_encoded_text`), a batch at a time. The job records it in the manifest, so
-    that a rerun can tell that its answers are the previous version's.
-
-    Args:
-        rows: a version's rows, one per key (and language) and with a ``key`` column.
-        columns: the columns to digest besides the key (those absent count as all null).
-        salt: hashed first: what else the digest stands for (a fingerprint, a format).
+    Returns:
+        Whether it was carried; False leaves ``path`` as it was.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    digest = hashlib.sha256(json.dumps([salt, columns]).encode())
-    order = ["key", *(["language"] if "language" in rows.column_names else [])]
-    present = [name for name in columns if name in rows.column_names]
-    rows = rows.select(list(dict.fromkeys([*order, *present])))
-    ordered = pc.sort_indices(rows, [(name, "ascending") for name in order])
-    # Each row's text in the order the rows come in (a batch at a time), then fed to the hash in key
-    # order: memory holds one binary column, not a sorted copy of the rows.
-    texts = []
-    for batch in rows.to_batches(_INSERT_BATCH):
-        for name in columns:
-            if name not in present:
+    try:
+        old = Store(previous)
+    except (TableError, OSError):
+        return False  # none, or not readable as a store: build one
+    meta = _base_meta(version, manifest, rows)
+    try:
+        before = old.meta
+        same_kind = all(before.get(name) == meta[name] for name in ("format", "rows", "output_column", "output_kind"))
+        if not same_kind or not before.get("rows_digest"):
+            return False
+        varying, constants = list(before.get("columns") or []), dict(before.get("constants") or {})
+        meta |= {"columns": varying, "constants": constants}
+        names = {"key", *varying, *constants}
+        digest = _store_digest(varying, meta)
+        for batch in batches:
+            if set(batch.column_names) != names:
+                return False
+            for name, value in constants.items():
+                column = batch.column(name)
+                if column.null_count or not pc.all(pc.equal(column, value)).as_py():
+                    return False
+            digest.update_encoded(batch.column("key"), _encoded_text(batch, varying))
+        if digest.hexdigest() != before["rows_digest"]:
+            return False
+        old.check_integrity()
+    except TableError as e:
+        _LOG.warning("not carrying %s forward: %s", previous, e)
+        return False
+    except pa.ArrowException:  # a column here of another type than the constant it should repeat
+        return False
+    finally:
+        old.close()
+    with _replacing(path) as tmp:
+        shutil.copyfile(previous, tmp)
+        db = sqlite3.connect(tmp)
+        try:
+            encoded = [(name, json.dumps(value, ensure_ascii=False)) for name, value in meta.items()]  # rows_digest stays
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", encoded)
+            db.commit()
+        finally:
+            db.close()
+    _LOG.info("store of version %s: the rows of %s, carried forward", version, previous)
+    return True
+
+
+class RowsDigest:
+    """A SHA-256 digest of rows' values that does not depend on the order the rows come in, fed a batch at a time.
+
+    Each row's text (its key as a JSON string, then its values of ``columns`` as the
+    store encodes them, :func:`_encoded_text`) is hashed alone; the digest is the
+    SHA-256 of the salt and the sum of the row hashes modulo 2**256. The same rows in
+    any order and in any cut into batches give the same digest, so a version's rows can
+    be hashed a row group at a time, in whatever order its shards hold them, with memory
+    for one batch. The job records the digest of a version's answers in its manifest and
+    the store the digest of its rows, so that a rerun can tell that its rows are the
+    previous version's.
+    """
+
+    def __init__(self, columns: Sequence[str], salt: str = ""):
+        """Args:
+        columns: the columns hashed besides the key (those a batch lacks count as all null).
+        salt: what else the digest stands for (a fingerprint, a format).
+        """
+        self._columns = list(columns)
+        self._head = json.dumps([salt, self._columns]).encode()
+        self._sum = 0
+
+    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Adds the rows of a batch with a ``key`` column and (some of) the columns."""
+        import pyarrow as pa
+
+        for name in self._columns:
+            if name not in batch.column_names:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
-        texts.append(_row_text(batch.column("key"), _encoded_text(batch, columns)))
-    text = pa.chunked_array(texts, pa.large_binary()).combine_chunks()
-    del texts
-    for start in range(0, len(ordered), _INSERT_BATCH):
-        _feed(digest, text.take(ordered.slice(start, _INSERT_BATCH)))
-    return digest.hexdigest()
+        for part in batch.to_batches(_INSERT_BATCH) if isinstance(batch, pa.Table) else [batch]:
+            self.update_encoded(part.column("key"), _encoded_text(part, self._columns))
+
+    def update_encoded(self, keys: pa.Array, encoded: pa.Array) -> None:
+        """Adds rows given as their keys and their :func:`_encoded_text` of the columns."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not len(keys):
+            return
+        texts = pc.binary_join_element_wise(json_strings(keys), encoded.cast(pa.string()), "").cast(pa.binary())
+        sha256 = hashlib.sha256
+        self._sum += sum(int.from_bytes(sha256(text).digest(), "little") for text in texts.to_pylist())
+
+    def hexdigest(self) -> str:
+        """The digest of every row added so far."""
+        return hashlib.sha256(self._head + (self._sum % (1 << 256)).to_bytes(32, "little")).hexdigest()
 
 
-def _content_hash(varying: list[str], meta: dict[str, Any]) -> Any:
-    """A hash over what a store holds besides its version: its columns, constants and (fed by :func:`_update`) rows."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([FORMAT, varying, meta["constants"], meta["output_column"], meta["output_kind"]], sort_keys=True).encode())
-    return digest
-
-
-def _update(digest: Any, keys: pa.Array, encoded: pa.Array) -> None:
-    """Feeds a batch of rows to a hash (:func:`_row_text`)."""
-    _feed(digest, _row_text(keys, encoded))
-
-
-def _row_text(keys: pa.Array, encoded: pa.Array) -> pa.Array:
-    """Each row as hashed: its key as a JSON string, then its encoded values (JSON texts are self-delimiting)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return pc.binary_join_element_wise(json_strings(keys), encoded.cast(pa.string()), "").cast(pa.large_binary())
-
-
-def _feed(digest: Any, text: pa.Array) -> None:
-    """Feeds the bytes of a large binary array's values to a hash, in order."""
-    import numpy as np
-
-    if not len(text):
-        return
-    _, offsets, data = text.buffers()
-    ends = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
-    digest.update(memoryview(data)[int(ends[0]) : int(ends[-1])])
+def _store_digest(varying: list[str], meta: dict[str, Any]) -> RowsDigest:
+    """The digest of what a store holds besides its version: its columns, constants and (fed in) rows."""
+    salt = json.dumps([FORMAT, varying, meta["constants"], meta["output_column"], meta["output_kind"]], sort_keys=True)
+    return RowsDigest(varying, salt=salt)
 
 
 def write_store(table: str, version: str) -> str:
@@ -253,22 +287,29 @@ def write_store(table: str, version: str) -> str:
     The job calls this before it publishes; ``bulkinfer export store`` calls it for
     versions published before stores existed. Local and remote tables alike; a local
     version whose rows are those of the version it follows gets that version's store
-    carried forward (:func:`build_store`).
+    carried forward (:func:`carry_store`), checked a row group at a time: such a rerun
+    never holds its rows in memory at once.
 
     Raises:
         TableError: the version is incomplete or has no prediction shards.
     """
-    from bulkinfer.lookup.union import read_lookup_rows
+    from bulkinfer.lookup.union import merges_languages, read_lookup_rows
 
     vdir = layout.version_dir(table, version)
     manifest = layout.read_manifest(vdir)
-    rows = read_lookup_rows(vdir, manifest)
     target = fs.join(vdir, STORE)
     if "://" not in target:
         previous = manifest.get("previous_version")
         before = fs.join(layout.version_dir(table, previous), STORE) if previous else None
-        build_store(target, rows, version, manifest, previous=before if before and os.path.exists(before) else None)
+        before = before if before and os.path.exists(before) else None
+        if before is not None and not merges_languages(manifest):  # the shards' rows are the store's rows
+            rows = sum(layout.parquet_schema(path)[1] for path in layout.shard_paths(vdir, layout.PREDICTIONS))
+            if carry_store(target, before, layout.iter_shard_batches(vdir, layout.PREDICTIONS), rows, version, manifest):
+                return target
+            before = None  # checked just now: not these rows
+        build_store(target, read_lookup_rows(vdir, manifest), version, manifest, previous=before)
         return target
+    rows = read_lookup_rows(vdir, manifest)
     with tempfile.TemporaryDirectory(prefix="bulkinfer-store-") as tmp:
         local = Path(tmp) / STORE
         build_store(local, rows, version, manifest)

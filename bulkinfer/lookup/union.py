@@ -60,10 +60,14 @@ def read_lookup_rows(vdir: str, manifest: dict[str, Any]) -> pa.Table:
 def one_row_per_key(rows: pa.Table, manifest: dict[str, Any]) -> pa.Table:
     """A version's prediction rows as lookups and matches see them: :func:`union_languages` for
     a fanned-out list version, the rows themselves otherwise."""
-    languages = target_languages(manifest)
-    if manifest.get("output_kind") != "list" or not languages:
+    if not merges_languages(manifest):
         return rows
-    return union_languages(rows, str(manifest.get("output_column", "")), languages)
+    return union_languages(rows, str(manifest.get("output_column", "")), target_languages(manifest))
+
+
+def merges_languages(manifest: dict[str, Any]) -> bool:
+    """Whether lookups see a version's rows merged per key (:func:`one_row_per_key`): a fanned-out list version."""
+    return manifest.get("output_kind") == "list" and bool(target_languages(manifest))
 
 
 def union_languages(rows: pa.Table, output_column: str, order: Sequence[str] = ()) -> pa.Table:

@@ -56,18 +56,19 @@ def render_report(table: str, version: str) -> str:
     progress_path = fs.join(vdir, PROGRESS_NAME)
     progress = json.loads(layout.read_text(progress_path)) if fs.exists(progress_path) else {}
     output_column = manifest.get("output_column", "output")
-    wanted = ["key", "query", "language", output_column, "source_rows", "prompt_tokens", "output_tokens", "run_id"]
-    rows = _read_rows(vdir, layout.PREDICTIONS, wanted)
+    # Each part reads only its columns: the token counts whole, the sample a row group at a time, the answers only
+    # where churn is to be shown; never every column of every row at once.
+    tokens = _read_rows(vdir, layout.PREDICTIONS, ["prompt_tokens", "output_tokens"])
     sections = [
         _header(table, manifest),
         _section("Row funnel", _funnel_plot(manifest), _counts_table(manifest)),
         _section("Dead-letter reasons", _bars_plot(manifest.get("dead_letter_reasons") or {}, "input rows"), ""),
         _section("Quality against the gates", _quality_plot(manifest), _quality_table(manifest)),
-        _section("Churn against the previous version", "", _churn(table, manifest, rows, output_column)),
-        _section("Prompt and output lengths", _token_plots(rows), ""),
+        _section("Churn against the previous version", "", _churn(table, manifest, vdir, output_column)),
+        _section("Prompt and output lengths", _token_plots(tokens), ""),
         _section("Throughput over the run", _throughput_plot(progress), _rates(progress)),
         _section("Language mix", _bars_plot((manifest.get("languages") or {}).get("keys_by_language") or {}, "keys"), ""),
-        _section("Sample of rows", "", _sample(rows, output_column)),
+        _section("Sample of rows", "", _sample(vdir, output_column)),
     ]
     title = f"bulkinfer run report: {manifest.get('task', '')} {version}"
     return (
@@ -244,10 +245,10 @@ def _as_text(column: Any) -> Any:
     return pc.cast(column, pa.string())
 
 
-def _churn(table: str, manifest: dict[str, Any], rows: pa.Table | None, output_column: str) -> str:
+def _churn(table: str, manifest: dict[str, Any], vdir: str, output_column: str) -> str:
     quality = manifest.get("quality") or {}
     previous = manifest.get("previous_version")
-    if not previous or rows is None:
+    if not previous or not layout.shard_paths(vdir, layout.PREDICTIONS):
         return '<p class="muted">no previous version to compare with</p>'
     summary = (
         f"<p>churn rate {_e(quality.get('churn_rate'))} over {_e(quality.get('churn_compared', 0))} keys present in both "
@@ -259,6 +260,7 @@ def _churn(table: str, manifest: dict[str, Any], rows: pa.Table | None, output_c
     before = _read_rows(previous_dir, layout.PREDICTIONS, ["key", output_column]) if fs.exists(previous_dir) else None
     if before is None or output_column not in before.column_names:
         return summary + '<p class="muted">the previous version is gone or has another output column</p>'
+    rows = _read_rows(vdir, layout.PREDICTIONS, ["key", output_column])
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -326,17 +328,26 @@ def _rates(progress: dict[str, Any]) -> str:
     )
 
 
-def _sample(rows: pa.Table | None, output_column: str) -> str:
-    if rows is None or rows.num_rows == 0:
-        return '<p class="muted">no rows</p>'
+def _sample(vdir: str, output_column: str) -> str:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    # The smallest keys: the same sample every time the report is rendered.
-    sample = rows.take(pc.sort_indices(rows, [("key", "ascending")])[:SAMPLE_ROWS]) if rows.num_rows > SAMPLE_ROWS else rows
-    columns = [c for c in ("key", "query", "language", output_column, "source_rows", "output_tokens", "run_id") if c in sample.column_names]
+    # The smallest keys: the same sample every time the report is rendered; kept a row group at a time.
+    wanted = ["key", "query", "language", output_column, "source_rows", "output_tokens", "run_id"]
+    sample, rows = None, 0
+    for batch in layout.iter_shard_batches(vdir, layout.PREDICTIONS, wanted):
+        rows += batch.num_rows
+        table = pa.Table.from_batches([batch])
+        candidates = table if sample is None else pa.concat_tables([sample, table], promote_options="permissive")
+        order = [(name, "ascending") for name in ("key", "language") if name in candidates.column_names]
+        sample = candidates.take(pc.select_k_unstable(candidates, SAMPLE_ROWS, order))
+    if sample is None or rows == 0:
+        return '<p class="muted">no rows</p>'
+    sample = sample.take(pc.sort_indices(sample, [(name, "ascending") for name in ("key", "language") if name in sample.column_names]))
+    columns = [c for c in wanted if c in sample.column_names]
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_e(_cell(r[c]))}</td>" for c in columns) + "</tr>" for r in sample.select(columns).to_pylist())
-    return f"<p>{rows.num_rows:,} keys; the first {min(SAMPLE_ROWS, rows.num_rows)} by key:</p><table><tr>{head}</tr>{body}</table>"
+    return f"<p>{rows:,} keys; the first {min(SAMPLE_ROWS, rows)} by key:</p><table><tr>{head}</tr>{body}</table>"
 
 
 def _cell(value: Any) -> Any:

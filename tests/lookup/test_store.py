@@ -199,3 +199,31 @@ def test_rows_are_encoded_by_column_exactly_as_orjson_encodes_them():
         expected = [orjson.dumps(values) for values in zip(*(batch.column(c).to_pylist() for c in columns), strict=True)]
         assert _encoded_text(batch, columns).to_pylist() == expected
     assert _encoded_text(rows.to_batches()[0], []).to_pylist() == [b"[]"] * rows.num_rows
+
+
+def _digest(table: pa.Table, batch_rows: int, salt: str = "s") -> str:
+    digest = store.RowsDigest(["language", "answer", "tokens"], salt=salt)
+    for batch in table.to_batches(batch_rows):
+        digest.update(batch)
+    return digest.hexdigest()
+
+
+def test_the_rows_digest_is_the_same_in_any_order_and_cut_and_changes_with_any_value():
+    rows = pa.table(
+        {
+            "key": [f"key {i}" for i in range(50)],
+            "language": [None if i % 3 else "de" for i in range(50)],
+            "answer": [[f"item {i}", "shared"] for i in range(50)],
+            "tokens": list(range(50)),
+        }
+    )
+    digest = _digest(rows, 7)
+    assert _digest(rows.take(pa.array(list(range(49, -1, -1)))), 50) == digest, "rows in another order, in one batch"
+    assert _digest(rows, 1) == digest
+    assert _digest(rows.drop_columns(["language"]), 7) != digest, "an absent column counts as nulls, not as the values"
+    assert _digest(rows, 7, salt="other") != digest
+    changed = rows.set_column(3, "tokens", pa.array([*range(49), 0]))
+    assert _digest(changed, 7) != digest
+    swapped = rows.set_column(2, "answer", pa.array([[f"item {i}", "shared"] for i in [1, 0, *range(2, 50)]]))
+    assert _digest(swapped, 7) != digest, "two rows' answers swapped: each row is hashed with its key"
+    assert _digest(pa.concat_tables([rows, rows.slice(0, 1)]), 7) != digest, "a row twice is not the row once"
