@@ -206,7 +206,7 @@ def carry_store(
             digest.update_encoded(batch.column("key"), _encoded_text(batch, varying))
         if digest.hexdigest() != before["rows_digest"]:
             return False
-        old.check_integrity()
+        old.check_integrity()  # a damaged page would be copied along: never carry one forward
     except TableError as e:
         _LOG.warning("not carrying %s forward: %s", previous, e)
         return False
