@@ -103,6 +103,7 @@ def summarise(plan: TablePlan, job: CacheJobOptions, result: PipelineResult, sta
         "key_normalizer": KEY_VERSION,
         "languages": _language_summary(plan, job, rows, result),
         # What the match index built at publish holds: items, concepts, items several concepts claim.
+        # After the quality measures, not beside them (a thread): 1.9 s less at 1M rows, but a peak of 2.4 GB, not 1.8.
         "match": _match(plan, rows, same),
         "answers_digest": answers,
         "gates": {"passed": not failed, "failed": failed, "thresholds": asdict(task.gates)},

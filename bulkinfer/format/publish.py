@@ -8,6 +8,7 @@ versions deleted. The caller holds the table's lock (:class:`bulkinfer.format.lo
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bulkinfer.errors import GateError
@@ -72,10 +73,12 @@ def publish_version(table: str, version: str, keep: int) -> list[str]:
         The names of the versions pruned.
     """
     # Lookups open the version's store, not its Parquet: build it while readers still see the previous version.
-    # One after the other: side by side (threads) they took 16.9 s instead of 23.7 at 1M rows, but
-    # raised the run's peak RSS from 1.6 to 2.4 GB, past the pipeline's own peak.
-    write_store(table, version)
-    write_match_index(table, version)
+    # The two builds share nothing and spend much of their time outside the GIL (SQLite, Arrow): side by side.
+    # Measured at 1M rows: 6.4 s instead of 9.4, and the run's peak 1.78 GB instead of 1.68 GB.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkinfer-store") as pool:
+        store = pool.submit(write_store, table, version)
+        write_match_index(table, version)
+        store.result()
     # The files must still read and hold what the manifest counts: CURRENT never names a damaged version.
     layout.verify_version(table, version)
     layout.publish(table, version)
