@@ -228,13 +228,7 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
 
 def parquet_schema(path: str) -> tuple[pa.Schema, int]:
     """The Arrow schema and row count of one Parquet file, from its footer."""
-    import pyarrow.parquet as pq
-
-    if "://" not in path:
-        parquet = pq.ParquetFile(path)
-        return parquet.schema_arrow, parquet.metadata.num_rows
-    with open_binary(path) as f:
-        parquet = pq.ParquetFile(f)
+    with parquet_file(path) as parquet:
         return parquet.schema_arrow, parquet.metadata.num_rows
 
 
